@@ -1,0 +1,360 @@
+"""The Prefect 3 flow: extract → check → transform → load, on threads or Dask.
+
+Read it top to bottom: :func:`etl` picks the task runner and starts :func:`pipeline`, which
+counts each resource, maps :func:`extract_chunk_task` over chunks of pages, joins the part
+files into tables, writes the manifest and renames everything into place at once.
+
+Tasks pass references (paths, counts), never records or DataFrames (see GUIDE.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task, unmapped
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.runtime import flow_run
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.tasks import exponential_backoff
+
+from placeholder_etl import pipeline
+from placeholder_etl.client import DEFAULT_API_URL, ApiClient, ClientSettings, Paging
+from placeholder_etl.errors import is_transient
+from placeholder_etl.load import Staging, manifest_bytes, remove_stale_temps
+from placeholder_etl.prefect_api import export_api_url
+from placeholder_etl.resources import RESOURCE_NAMES, resolve_resources
+from placeholder_etl.settings import default_cache_dir, local_slots
+
+__all__ = ["etl", "make_task_runner", "pipeline_flow"]
+
+Runner = Literal["local", "dask"]
+CACHE_POLICY = INPUTS + TASK_SOURCE
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient faults, fail permanent ones at once."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, BaseException) or is_transient(exc)
+
+
+_RETRYING: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_if_transient,
+}
+
+
+@task(
+    name="count-records",
+    cache_policy=CACHE_POLICY,
+    cache_expiration=timedelta(hours=1),
+    timeout_seconds=600,
+    **_RETRYING,
+)
+def count_records(api_url: str, resource: str, settings: ClientSettings, paging: Paging) -> Any:
+    """How many records ``resource`` has (None when the server does not say)."""
+    with ApiClient(api_url, settings) as client:
+        total = client.count(resource, 1, paging)
+    get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
+    return total
+
+
+@task(
+    name="extract-chunk",
+    task_run_name="extract {spec.label}",
+    cache_policy=CACHE_POLICY,
+    cache_expiration=timedelta(hours=1),
+    timeout_seconds=600,
+    **_RETRYING,
+)
+def extract_chunk_task(
+    spec: pipeline.ChunkSpec, parts_dir: str, settings: ClientSettings, in_flight: int
+) -> dict[str, Any]:
+    """Fetch a chunk of pages and write its part files; returns paths and counts."""
+    started = time.perf_counter()
+    result = pipeline.extract_chunk(spec, Path(parts_dir), settings, in_flight)
+    result["fetched_in"] = str(flow_run.get_id())
+    get_run_logger().info(
+        "%s: %d rows from %d pages in %.2f s (%d retries) on %s",
+        spec.label,
+        result["rows"],
+        result["pages"],
+        time.perf_counter() - started,
+        result["retries"],
+        result["worker"],
+    )
+    return result
+
+
+@task(name="assemble-table", task_run_name="assemble {table}", cache_policy=NO_CACHE)
+def assemble_table_task(
+    table: str, parts: list[str], dest: str, rows: int, ordered: bool
+) -> dict[str, Any]:
+    """Join a table's part files into its (temporary) output file."""
+    return pipeline.assemble_table(table, parts, Path(dest), rows, ordered)
+
+
+@task(name="build-activity", cache_policy=NO_CACHE)
+def build_activity_task(flat_tables: dict[str, str], dest: str) -> dict[str, Any]:
+    """Summarise activity per user from the flattened tables."""
+    return pipeline.build_activity(flat_tables, Path(dest))
+
+
+@flow(name="extract-transform-load", log_prints=True)
+def pipeline_flow(
+    api_url: str,
+    output_dir: str,
+    resources: list[str],
+    page_size: int,
+    paging: Paging,
+    pages_per_task: int | None,
+    in_flight: int,
+    slots: int,
+    request_timeout: float,
+    request_retries: int,
+    task_retries: int,
+    use_cache: bool,
+    cache_dir: str,
+    cache_hours: float,
+    run_id: str,
+) -> dict[str, Any]:
+    """Run the pipeline on the task runner this flow was given (see :func:`etl`)."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = Path(output_dir).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"output dir {out} is a file")
+    for stale in remove_stale_temps(out, older_than=3600) + remove_stale_temps(Path(cache_dir)):
+        logger.info("removed %s left by an earlier run", stale)
+    settings = ClientSettings(timeout=request_timeout, retries=request_retries)
+    parts_dir = Path(cache_dir).expanduser() / "parts"
+    options: dict[str, Any] = {"retries": task_retries}
+    if use_cache:
+        options["cache_expiration"] = timedelta(hours=cache_hours)
+    else:
+        options["cache_policy"] = NO_CACHE
+        parts_dir = parts_dir / f"run-{run_id}"
+    counter = count_records.with_options(**options)
+    extractor = extract_chunk_task.with_options(**options)
+
+    totals_futures = counter.map(unmapped(api_url), resources, unmapped(settings), unmapped(paging))
+    totals = dict(zip(resources, totals_futures.result(), strict=True))
+    counted = time.perf_counter()
+    per_task = pages_per_task or pipeline.auto_pages_per_chunk(totals, page_size, slots)
+    chunks = pipeline.plan_chunks(api_url, totals, page_size, per_task, paging)
+    logger.info(
+        "%d pages of up to %d records in %d tasks",
+        _pages(totals, page_size),
+        page_size,
+        len(chunks),
+    )
+    results = extractor.map(
+        chunks, unmapped(str(parts_dir)), unmapped(settings), unmapped(in_flight)
+    ).result()
+    results = _refetch_missing(extractor, chunks, results, str(parts_dir), settings, in_flight)
+    extracted = time.perf_counter()
+
+    staging = Staging(out, run_tag=run_id)
+    try:
+        tables = _assemble(resources, chunks, results, staging, stamp)
+        manifest = {
+            "source": api_url,
+            "resources": resources,
+            "flow_run_id": str(flow_run.get_root_flow_run_id() or flow_run.get_id()),
+            "created": stamp,
+            "tables": tables,
+            "chunks": len(chunks),
+            "pages": sum(r["pages"] for r in results),
+            "cached_chunks": sum(r["fetched_in"] != str(flow_run.get_id()) for r in results),
+            "retries": sum(r["retries"] for r in results),
+            "workers": sorted({r["worker"] for r in results}),
+            "timings": {
+                "count_s": round(counted - started, 3),
+                "extract_s": round(extracted - counted, 3),
+                "load_s": round(time.perf_counter() - extracted, 3),
+                "total_s": round(time.perf_counter() - started, 3),
+            },
+        }
+        staging.write_bytes(f"manifest_{stamp}.json", manifest_bytes(manifest))
+        staging.commit()
+    except BaseException:
+        staging.abort()
+        raise
+    finally:
+        if not use_cache:
+            shutil.rmtree(parts_dir, ignore_errors=True)
+    manifest["manifest"] = str(out / f"manifest_{stamp}.json")
+    _publish(manifest)
+    return manifest
+
+
+def _pages(totals: dict[str, int | None], page_size: int) -> int:
+    return sum(-(-(t or 0) // page_size) for t in totals.values())
+
+
+def _refetch_missing(extractor, chunks, results, parts_dir, settings, in_flight) -> list[dict]:
+    """Cached chunk results whose part files were deleted are fetched again."""
+    for i, (spec, result) in enumerate(zip(chunks, results, strict=True)):
+        if not all(Path(p).exists() for p in result["parts"].values()):
+            get_run_logger().info("%s: cached parts are gone, fetching again", spec.label)
+            results[i] = extractor.with_options(refresh_cache=True)(
+                spec, parts_dir, settings, in_flight
+            )
+    return results
+
+
+def _assemble(resources, chunks, results, staging: Staging, stamp: str) -> dict[str, dict]:
+    """Join part files into staged tables; add the activity summary when all are there."""
+    jobs = []
+    for resource in resources:
+        mine = [r for spec, r in zip(chunks, results, strict=True) if spec.resource == resource]
+        ordered = pipeline.check_chunks(resource, mine)
+        if not ordered:
+            get_run_logger().warning("%s: ids out of order or repeated; sorting", resource)
+        rows = sum(r["rows"] for r in mine)
+        for table in pipeline.TABLES[resource]:
+            dest = staging.temp_path(f"{table}_{stamp}.csv")
+            jobs.append((table, [r["parts"][table] for r in mine], str(dest), rows, ordered))
+    futures = assemble_table_task.map(*(list(column) for column in zip(*jobs, strict=True)))
+    tables = {}
+    for (table, _, dest, _, _), info in zip(jobs, futures.result(), strict=True):
+        tables[table] = {**info, "file": f"{table}_{stamp}.csv", "staged": dest}
+    if set(resources) == set(RESOURCE_NAMES):
+        flat = {t: tables[t]["staged"] for t in ("users_flat", *RESOURCE_NAMES[1:])}
+        dest = staging.temp_path(f"{pipeline.ACTIVITY_TABLE}_{stamp}.csv")
+        info = build_activity_task(flat, str(dest))
+        tables[pipeline.ACTIVITY_TABLE] = {**info, "file": f"{pipeline.ACTIVITY_TABLE}_{stamp}.csv"}
+    for info in tables.values():
+        info.pop("staged", None)
+        info.pop("table", None)
+    return tables
+
+
+def _publish(manifest: dict[str, Any]) -> None:
+    """Log the result and leave a table and a markdown artifact on the flow run."""
+    rows = [
+        {"table": t, "file": i["file"], "rows": i["rows"], "bytes": i["bytes"]}
+        for t, i in manifest["tables"].items()
+    ]
+    create_table_artifact(
+        key="placeholder-etl-tables",
+        table=rows,
+        description=f"Tables written from {manifest['source']}",
+    )
+    lines = [f"| `{r['table']}` | `{r['file']}` | {r['rows']:,} |" for r in rows]
+    timings = ", ".join(f"{k} {v:.2f} s" for k, v in manifest["timings"].items())
+    create_markdown_artifact(
+        key="placeholder-etl-summary",
+        markdown="\n".join(
+            [
+                f"# placeholder-etl run `{manifest['created']}`",
+                (
+                    f"Source: {manifest['source']}; {manifest['pages']} pages in "
+                    f"{manifest['chunks']} tasks ({manifest['cached_chunks']} from cache), "
+                    f"{manifest['retries']} retries."
+                ),
+                "",
+                "| table | file | rows |",
+                "| --- | --- | ---: |",
+                *lines,
+                "",
+                f"Timings: {timings}. Manifest: `{manifest['manifest']}`.",
+            ]
+        ),
+    )
+    get_run_logger().info("wrote %s", ", ".join(f"{r['file']} ({r['rows']} rows)" for r in rows))
+
+
+def make_task_runner(runner: Runner, workers: int | None = None, threads: int | None = None):
+    """The task runner for ``runner``: threads, or a DaskTaskRunner on a LocalCluster."""
+    if runner == "local":
+        return ThreadPoolTaskRunner(max_workers=(workers or 1) * (threads or local_slots()))
+    if runner == "dask":
+        from prefect_dask import DaskTaskRunner
+
+        export_api_url()
+        return DaskTaskRunner(
+            cluster_class="distributed.LocalCluster",
+            cluster_kwargs={
+                "n_workers": workers or local_slots(),
+                "threads_per_worker": threads or 2,
+                "processes": True,
+                "host": "127.0.0.1",
+                "dashboard_address": "127.0.0.1:0",
+            },
+        )
+    raise ValueError(f"unknown runner {runner!r}: use 'local' or 'dask'")
+
+
+@flow(name="placeholder-etl", log_prints=True)
+def etl(
+    api_url: str = DEFAULT_API_URL,
+    output_dir: str = "output",
+    resources: str = "users",
+    page_size: int = 1000,
+    paging: Paging = "page",
+    runner: Runner = "dask",
+    dask_workers: int | None = None,
+    dask_threads: int | None = None,
+    pages_per_task: int | None = None,
+    in_flight: int = 16,
+    request_timeout: float = 10.0,
+    request_retries: int = 3,
+    task_retries: int = 2,
+    use_cache: bool = True,
+    cache_dir: str | None = None,
+    cache_hours: float = 1.0,
+) -> dict[str, Any]:
+    """Download JSONPlaceholder resources, transform them with pandas, save CSV.
+
+    Args:
+        api_url: root of a json-server-style API.
+        output_dir: where the CSV files and the manifest go.
+        resources: ``users`` (default), a comma list such as ``users,posts``, or ``all``.
+        page_size: records per request.
+        paging: ``page`` (``_page``/``_limit``) or ``start`` (``_start``/``_limit``).
+        runner: ``dask`` (a DaskTaskRunner on a LocalCluster) or ``local`` (threads).
+        dask_workers: LocalCluster workers (default: one per core).
+        dask_threads: threads per worker (default 2).
+        pages_per_task: pages one task fetches (default: about two tasks per worker thread).
+        in_flight: requests in flight per task.
+        request_timeout: seconds to wait for each response.
+        request_retries: retries of one request on transient faults (backoff, Retry-After).
+        task_retries: Prefect retries of a task after a transient fault.
+        use_cache: reuse pages fetched by an earlier run within ``cache_hours``.
+        cache_dir: where fetched pages are kept (default ``~/.cache/placeholder-etl``).
+        cache_hours: how long fetched pages stay valid.
+
+    Returns:
+        The run manifest (also written as ``manifest_<timestamp>.json``).
+    """
+    names = list(resolve_resources(resources))
+    if page_size < 1 or in_flight < 1:
+        raise ValueError("page_size and in_flight must be at least 1")
+    slots = (dask_workers or local_slots()) * (dask_threads or 2)
+    task_runner = make_task_runner(runner, dask_workers, dask_threads)
+    return pipeline_flow.with_options(task_runner=task_runner)(
+        api_url=api_url.rstrip("/"),
+        output_dir=output_dir,
+        resources=names,
+        page_size=page_size,
+        paging=paging,
+        pages_per_task=pages_per_task,
+        in_flight=in_flight,
+        slots=slots,
+        request_timeout=request_timeout,
+        request_retries=request_retries,
+        task_retries=task_retries,
+        use_cache=use_cache,
+        cache_dir=str(Path(cache_dir).expanduser() if cache_dir else default_cache_dir()),
+        cache_hours=cache_hours,
+        run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
+    )

@@ -1,0 +1,205 @@
+"""Pure pandas transforms: records in, DataFrames out.
+
+- :func:`transform_users` is the seed tutorial's users table, exactly.
+- :func:`flatten_records` flattens any resource (``address.geo.lat`` → ``address_geo_lat``).
+- :func:`summarize_activity` joins every resource into one row of activity per user.
+
+No I/O and no Prefect here: the flow and the notebooks call these on one page at a time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from placeholder_etl.errors import ContractError
+
+__all__ = [
+    "ACTIVITY_COLUMNS",
+    "FLAT_COLUMNS",
+    "SEED_COLUMNS",
+    "csv_header",
+    "flatten_records",
+    "summarize_activity",
+    "to_csv_rows",
+    "transform_users",
+]
+
+SEED_COLUMNS: tuple[str, ...] = (
+    "ID",
+    "Name",
+    "Username",
+    "Email",
+    "Address",
+    "PhoneNumber",
+    "Company",
+)
+
+#: Columns of each flattened table, in the API's field order.
+FLAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "users": (
+        "id",
+        "name",
+        "username",
+        "email",
+        "address_street",
+        "address_suite",
+        "address_city",
+        "address_zipcode",
+        "address_geo_lat",
+        "address_geo_lng",
+        "phone",
+        "website",
+        "company_name",
+        "company_catch_phrase",
+        "company_bs",
+    ),
+    "posts": ("user_id", "id", "title", "body"),
+    "comments": ("post_id", "id", "name", "email", "body"),
+    "albums": ("user_id", "id", "title"),
+    "photos": ("album_id", "id", "title", "url", "thumbnail_url"),
+    "todos": ("user_id", "id", "title", "completed"),
+}
+_FLOAT_COLUMNS = ("address_geo_lat", "address_geo_lng")
+
+ACTIVITY_COLUMNS: tuple[str, ...] = (
+    "user_id",
+    "name",
+    "posts_written",
+    "comments_received",
+    "todos",
+    "todos_done",
+    "todos_done_ratio",
+    "albums",
+    "photos",
+)
+
+
+def transform_users(users: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """The seed tutorial's users table: one row per user, in id order.
+
+    Address is ``street, suite, city`` and Company is ``company.name``.
+
+    Args:
+        users: user records as the API returns them.
+
+    Returns:
+        A DataFrame with columns ``ID,Name,Username,Email,Address,PhoneNumber,Company``.
+    """
+    rows = [
+        (
+            user["id"],
+            user["name"],
+            user["username"],
+            user["email"],
+            f"{user['address']['street']}, {user['address']['suite']}, {user['address']['city']}",
+            user["phone"],
+            user["company"]["name"],
+        )
+        for user in users
+    ]
+    frame = pd.DataFrame.from_records(rows, columns=list(SEED_COLUMNS))
+    return frame.sort_values("ID", kind="stable", ignore_index=True)
+
+
+def flatten_records(resource: str, records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Flatten nested records into one column per leaf, snake_case, joined with ``_``.
+
+    ``address.geo.lat`` becomes ``address_geo_lat`` (a float); ``userId`` becomes ``user_id``.
+
+    Args:
+        resource: the resource the records belong to (decides the columns).
+        records: records as the API returns them (unknown extra fields are dropped).
+
+    Raises:
+        ContractError: a coordinate is not a number.
+    """
+    columns = FLAT_COLUMNS[resource]
+    rows = [_flatten(record) for record in records]
+    frame = pd.DataFrame.from_records(rows, columns=list(columns))
+    for column in _FLOAT_COLUMNS:
+        if column in frame.columns:
+            frame[column] = _to_float(frame, column, resource)
+    return frame
+
+
+def summarize_activity(
+    users: pd.DataFrame,
+    posts: pd.DataFrame,
+    comments: pd.DataFrame,
+    todos: pd.DataFrame,
+    albums: pd.DataFrame,
+    photos: pd.DataFrame,
+) -> pd.DataFrame:
+    """One row per user: posts written, comments received, todos done, albums and photos.
+
+    Takes the flattened tables (only the id and parent-id columns are used, plus the user's
+    name and the todos' ``completed``).
+
+    Returns:
+        A DataFrame with :data:`ACTIVITY_COLUMNS`, one row per user in id order; users with
+        no activity get zeros (and a ratio of 0.0 when they have no todos).
+    """
+    post_owner = posts.set_index("id")["user_id"]
+    album_owner = albums.set_index("id")["user_id"]
+    comments_received = comments["post_id"].map(post_owner).value_counts()
+    photos_owned = photos["album_id"].map(album_owner).value_counts()
+    todo_counts = todos.groupby("user_id")["completed"].agg(["size", "sum"])
+
+    summary = pd.DataFrame({"user_id": users["id"], "name": users["name"]}).set_index(
+        "user_id", drop=False
+    )
+    summary["posts_written"] = posts["user_id"].value_counts()
+    summary["comments_received"] = comments_received
+    summary["todos"] = todo_counts["size"]
+    summary["todos_done"] = todo_counts["sum"]
+    summary["albums"] = albums["user_id"].value_counts()
+    summary["photos"] = photos_owned
+    counts = ["posts_written", "comments_received", "todos", "todos_done", "albums", "photos"]
+    summary[counts] = summary[counts].fillna(0).astype("int64")
+    ratio = summary["todos_done"] / summary["todos"].where(summary["todos"] > 0)
+    summary["todos_done_ratio"] = ratio.fillna(0.0).round(4)
+    return summary.sort_index().reset_index(drop=True)[list(ACTIVITY_COLUMNS)]
+
+
+def csv_header(columns: Iterable[str]) -> bytes:
+    """The CSV header line pandas writes for ``columns``."""
+    return pd.DataFrame(columns=list(columns)).to_csv(index=False).encode()
+
+
+def to_csv_rows(frame: pd.DataFrame) -> bytes:
+    """``frame`` as CSV rows without a header, exactly as ``DataFrame.to_csv`` writes them."""
+    return frame.to_csv(index=False, header=False).encode()
+
+
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
+def _snake(name: str) -> str:
+    return _CAMEL.sub(r"_\1", name).lower()
+
+
+def _flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in record.items():
+        name = f"{prefix}{_snake(key)}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, f"{name}_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _to_float(frame: pd.DataFrame, column: str, resource: str) -> pd.Series:
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna()
+    if bad.any():
+        row = frame.loc[bad].iloc[0]
+        raise ContractError(
+            f"{resource}: record id={row['id']!r} field {column.replace('_', '.')}: "
+            f"not a number, got {row[column]!r}"
+        )
+    return values.astype("float64")
