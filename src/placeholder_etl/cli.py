@@ -80,6 +80,9 @@ def run(
     request_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 10.0,
     request_retries: Annotated[int, typer.Option(min=0, help="Retries per request.")] = 3,
     task_retries: Annotated[int, typer.Option(min=0, help="Prefect retries per task.")] = 2,
+    retry_delay: Annotated[
+        float, typer.Option(min=0, help="Seconds before the first task retry (then doubles).")
+    ] = 2.0,
     cache: Annotated[bool, typer.Option(help="Reuse pages fetched within --cache-hours.")] = True,
     cache_dir: Annotated[
         Path | None, typer.Option(envvar="PLACEHOLDER_ETL_CACHE_DIR", help="Page cache.")
@@ -108,6 +111,7 @@ def run(
         "request_timeout": request_timeout,
         "request_retries": request_retries,
         "task_retries": task_retries,
+        "retry_delay": retry_delay,
         "use_cache": cache,
         "cache_dir": str(cache_dir) if cache_dir else None,
         "cache_hours": cache_hours,

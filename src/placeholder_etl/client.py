@@ -170,14 +170,12 @@ class ApiClient:
             response = self.session.get(url, timeout=self.settings.timeout)
         except requests.exceptions.RetryError as exc:  # pragma: no cover - raise_on_status=False
             raise TransientError(f"{where}: gave up after {attempts} attempts ({exc})") from None
-        except requests.exceptions.Timeout:
-            raise TransientError(
-                f"{where}: no answer within {self.settings.timeout:g} s (tried {attempts} times)"
-            ) from None
-        except requests.exceptions.ConnectionError as exc:
-            raise TransientError(
-                f"{where}: connection failed ({_reason(exc)}; tried {attempts} times)"
-            ) from None
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError) as exc:
+            if isinstance(exc, requests.exceptions.Timeout) or "timed out" in str(exc):
+                problem = f"no answer within {self.settings.timeout:g} s"
+            else:
+                problem = f"connection failed ({_reason(exc)})"
+            raise TransientError(f"{where}: {problem} (tried {attempts} times)") from None
         if response.status_code >= 400:
             reason = f"HTTP {response.status_code} {response.reason}".rstrip()
             if response.status_code == 429 or response.status_code >= 500:
@@ -186,21 +184,21 @@ class ApiClient:
         return response
 
 
+_REASONS = (
+    ("Connection reset by peer", "connection reset by the server"),
+    ("Connection refused", "connection refused"),
+    ("RemoteDisconnected", "server closed the connection without answering"),
+    ("Connection aborted", "connection aborted"),
+    ("Name or service not known", "host name not found"),
+)
+
+
 def _reason(exc: BaseException) -> str:
     """The innermost, most specific cause of a requests/urllib3 connection error."""
     text = str(exc)
-    for marker in (
-        "Connection reset by peer",
-        "Connection refused",
-        "Connection aborted",
-        "RemoteDisconnected",
-        "Name or service not known",
-        "timed out",
-    ):
+    for marker, reason in _REASONS:
         if marker in text:
-            return (
-                marker.lower() if marker != "RemoteDisconnected" else "server closed the connection"
-            )
+            return reason
     return type(exc).__name__
 
 

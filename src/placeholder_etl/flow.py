@@ -9,6 +9,8 @@ Tasks pass references (paths, counts), never records or DataFrames (see GUIDE.md
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
 import time
 import uuid
@@ -35,6 +37,20 @@ __all__ = ["etl", "make_task_runner", "pipeline_flow"]
 
 Runner = Literal["local", "dask"]
 CACHE_POLICY = INPUTS + TASK_SOURCE
+
+
+class _ThreadTimeoutNotice(logging.Filter):
+    """Drop Prefect's per-task notice that timeouts cannot interrupt a worker thread.
+
+    Every blocking call here has its own deadline (the request timeout), so the task's
+    ``timeout_seconds`` is a backstop and the notice on every task run is noise.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout of %s seconds configured")
+
+
+logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -120,6 +136,7 @@ def pipeline_flow(
     request_timeout: float,
     request_retries: int,
     task_retries: int,
+    retry_delay: float,
     use_cache: bool,
     cache_dir: str,
     cache_hours: float,
@@ -136,7 +153,10 @@ def pipeline_flow(
         logger.info("removed %s left by an earlier run", stale)
     settings = ClientSettings(timeout=request_timeout, retries=request_retries)
     parts_dir = Path(cache_dir).expanduser() / "parts"
-    options: dict[str, Any] = {"retries": task_retries}
+    options: dict[str, Any] = {
+        "retries": task_retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=retry_delay),
+    }
     if use_cache:
         options["cache_expiration"] = timedelta(hours=cache_hours)
     else:
@@ -273,6 +293,12 @@ def _publish(manifest: dict[str, Any]) -> None:
     get_run_logger().info("wrote %s", ", ".join(f"{r['file']} ({r['rows']} rows)" for r in rows))
 
 
+def quiet_dask_logs() -> None:
+    """Dask's scheduler and workers log every connection at INFO; keep warnings and errors."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # inherited by workers
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
 def make_task_runner(runner: Runner, workers: int | None = None, threads: int | None = None):
     """The task runner for ``runner``: threads, or a DaskTaskRunner on a LocalCluster."""
     if runner == "local":
@@ -281,6 +307,7 @@ def make_task_runner(runner: Runner, workers: int | None = None, threads: int | 
         from prefect_dask import DaskTaskRunner
 
         export_api_url()
+        quiet_dask_logs()
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={
@@ -309,6 +336,7 @@ def etl(
     request_timeout: float = 10.0,
     request_retries: int = 3,
     task_retries: int = 2,
+    retry_delay: float = 2.0,
     use_cache: bool = True,
     cache_dir: str | None = None,
     cache_hours: float = 1.0,
@@ -329,6 +357,7 @@ def etl(
         request_timeout: seconds to wait for each response.
         request_retries: retries of one request on transient faults (backoff, Retry-After).
         task_retries: Prefect retries of a task after a transient fault.
+        retry_delay: seconds before the first task retry; doubles each time, ±50 % jitter.
         use_cache: reuse pages fetched by an earlier run within ``cache_hours``.
         cache_dir: where fetched pages are kept (default ``~/.cache/placeholder-etl``).
         cache_hours: how long fetched pages stay valid.
@@ -353,6 +382,7 @@ def etl(
         request_timeout=request_timeout,
         request_retries=request_retries,
         task_retries=task_retries,
+        retry_delay=retry_delay,
         use_cache=use_cache,
         cache_dir=str(Path(cache_dir).expanduser() if cache_dir else default_cache_dir()),
         cache_hours=cache_hours,

@@ -85,11 +85,12 @@ FAULT_MODES: dict[str, str] = {
     "reset": "reset: close the connection with a TCP RST, no answer",
     "empty": "empty: list responses are [] with X-Total-Count: 0",
     "bad-utf8": "bad-utf8: 200 JSON body with invalid UTF-8 bytes in a string",
+    "no-total": "no-total: no X-Total-Count nor Link header (clients must stop on a short page)",
 }
 _DEFAULT_ARGS: dict[str, float] = {"5xx": 2, "5xx-rate": 0.1, "429": 1, "slow": 1.0}
 _INT_ARGS = frozenset({"5xx", "429"})
 _DRIFT_FIELD = {"users": "email", "comments": "email"}  # others lose "title"
-_BODY_FAULTS = frozenset({"malformed", "drift", "drift-type", "empty", "bad-utf8"})
+_BODY_FAULTS = frozenset({"malformed", "drift", "drift-type", "empty", "bad-utf8", "no-total"})
 _EARLY_FAULTS = frozenset({"5xx", "5xx-rate", "429", "hang", "reset", "html"})
 
 
@@ -935,6 +936,9 @@ class _Handler(BaseHTTPRequestHandler):
             headers["X-Total-Count"] = "0"
             if "Link" in headers:
                 headers["Link"] = ""
+        elif plan.mode == "no-total":
+            for name in ("X-Total-Count", "Link", "Access-Control-Expose-Headers"):
+                headers.pop(name, None)
         body = orjson.dumps(payload)
         if plan.mode == "malformed":
             body = body[: len(body) // 2]

@@ -199,7 +199,7 @@ def _to_float(frame: pd.DataFrame, column: str, resource: str) -> pd.Series:
     if bad.any():
         row = frame.loc[bad].iloc[0]
         raise ContractError(
-            f"{resource}: record id={row['id']!r} field {column.replace('_', '.')}: "
+            f"{resource}: record id={int(row['id'])} field {column.replace('_', '.')}: "
             f"not a number, got {row[column]!r}"
         )
     return values.astype("float64")

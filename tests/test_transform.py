@@ -1,0 +1,163 @@
+"""Pure transforms and the data contract, on tiny hand-written records."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from placeholder_etl.contract import check_records
+from placeholder_etl.errors import ContractError
+from placeholder_etl.transform import (
+    ACTIVITY_COLUMNS,
+    FLAT_COLUMNS,
+    flatten_records,
+    summarize_activity,
+    transform_users,
+)
+
+LEANNE = {
+    "id": 1,
+    "name": "Leanne Graham",
+    "username": "Bret",
+    "email": "Sincere@april.biz",
+    "address": {
+        "street": "Kulas Light",
+        "suite": "Apt. 556",
+        "city": "Gwenborough",
+        "zipcode": "92998-3874",
+        "geo": {"lat": "-37.3159", "lng": "81.1496"},
+    },
+    "phone": "1-770-736-8031 x56442",
+    "website": "hildegard.org",
+    "company": {
+        "name": "Romaguera-Crona",
+        "catchPhrase": "Multi-layered client-server neural-net",
+        "bs": "harness real-time e-markets",
+    },
+}
+
+
+def _user(uid: int, **changes: object) -> dict:
+    return {**LEANNE, "id": uid, "name": f"User {uid}", **changes}
+
+
+def test_seed_users_table_is_the_tutorials_exactly() -> None:
+    csv = transform_users([LEANNE]).to_csv(index=False)
+    assert csv == (
+        "ID,Name,Username,Email,Address,PhoneNumber,Company\n"
+        '1,Leanne Graham,Bret,Sincere@april.biz,"Kulas Light, Apt. 556, Gwenborough",'
+        "1-770-736-8031 x56442,Romaguera-Crona\n"
+    )
+
+
+def test_seed_users_are_in_id_order() -> None:
+    frame = transform_users([_user(3), _user(1), _user(2)])
+    assert frame["ID"].tolist() == [1, 2, 3]
+    assert frame["Name"].tolist() == ["User 1", "User 2", "User 3"]
+
+
+def test_flatten_users_names_nested_leaves_and_parses_coordinates() -> None:
+    frame = flatten_records("users", [LEANNE])
+    assert tuple(frame.columns) == FLAT_COLUMNS["users"]
+    row = frame.iloc[0]
+    assert row["address_geo_lat"] == pytest.approx(-37.3159)
+    assert row["address_geo_lng"] == pytest.approx(81.1496)
+    assert frame["address_geo_lat"].dtype == "float64"
+    assert row["company_catch_phrase"] == "Multi-layered client-server neural-net"
+
+
+@pytest.mark.parametrize(
+    ("resource", "record", "columns"),
+    [
+        ("posts", {"userId": 1, "id": 2, "title": "t", "body": "b"}, ["user_id", "id"]),
+        (
+            "photos",
+            {"albumId": 1, "id": 2, "title": "t", "url": "u", "thumbnailUrl": "v"},
+            ["album_id", "id", "title", "url", "thumbnail_url"],
+        ),
+        ("todos", {"userId": 4, "id": 9, "title": "t", "completed": True}, ["completed"]),
+    ],
+)
+def test_flatten_other_resources_uses_snake_case(resource, record, columns) -> None:
+    frame = flatten_records(resource, [record])
+    assert set(columns) <= set(frame.columns)
+    assert len(frame) == 1
+
+
+def test_flatten_rejects_a_coordinate_that_is_not_a_number() -> None:
+    bad = _user(7, address={**LEANNE["address"], "geo": {"lat": "north", "lng": "1"}})
+    with pytest.raises(ContractError, match=r"users: record id=7 field address.geo.lat"):
+        flatten_records("users", [bad])
+
+
+def test_summarize_activity_counts_and_ratios() -> None:
+    users = pd.DataFrame({"id": [1, 2, 3], "name": ["a", "b", "c"]})
+    posts = pd.DataFrame({"user_id": [1, 1, 2], "id": [10, 11, 12]})
+    comments = pd.DataFrame({"post_id": [10, 10, 11, 12], "id": [1, 2, 3, 4]})
+    todos = pd.DataFrame(
+        {"user_id": [1, 1, 1, 2], "id": [1, 2, 3, 4], "completed": [True, False, True, False]}
+    )
+    albums = pd.DataFrame({"user_id": [2], "id": [5]})
+    photos = pd.DataFrame({"album_id": [5, 5], "id": [1, 2]})
+    summary = summarize_activity(users, posts, comments, todos, albums, photos)
+    assert tuple(summary.columns) == ACTIVITY_COLUMNS
+    assert summary.to_dict("records") == [
+        {
+            "user_id": 1,
+            "name": "a",
+            "posts_written": 2,
+            "comments_received": 3,
+            "todos": 3,
+            "todos_done": 2,
+            "todos_done_ratio": 0.6667,
+            "albums": 0,
+            "photos": 0,
+        },
+        {
+            "user_id": 2,
+            "name": "b",
+            "posts_written": 1,
+            "comments_received": 1,
+            "todos": 1,
+            "todos_done": 0,
+            "todos_done_ratio": 0.0,
+            "albums": 1,
+            "photos": 2,
+        },
+        {
+            "user_id": 3,
+            "name": "c",
+            "posts_written": 0,
+            "comments_received": 0,
+            "todos": 0,
+            "todos_done": 0,
+            "todos_done_ratio": 0.0,
+            "albums": 0,
+            "photos": 0,
+        },
+    ]
+
+
+def test_contract_accepts_the_documented_shape_and_drops_extra_fields() -> None:
+    (checked,) = check_records("users", [{**LEANNE, "nickname": "Lea"}])
+    assert "nickname" not in checked
+    assert checked["address"]["geo"]["lat"] == "-37.3159"
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        ({k: v for k, v in LEANNE.items() if k != "email"}, "record id=1 field email: missing"),
+        ({**LEANNE, "id": "1"}, "record id='1' field id: input should be a valid integer"),
+        ({**LEANNE, "address": {**LEANNE["address"], "city": 5}}, "field address.city"),
+        (
+            {**LEANNE, "address": {**LEANNE["address"], "geo": {"lat": -1.0, "lng": "2"}}},
+            "field address.geo.lat: input should be a valid string",
+        ),
+    ],
+)
+def test_contract_names_record_and_field(record, message) -> None:
+    with pytest.raises(ContractError) as caught:
+        check_records("users", [LEANNE, record], where="users page 3 from http://x/users")
+    assert str(caught.value).startswith("users page 3 from http://x/users: ")
+    assert message in str(caught.value)
