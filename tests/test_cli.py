@@ -1,0 +1,111 @@
+"""The command line as a user runs it: exit codes, what it prints, what it leaves on disk."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from placeholder_etl.server import make_server
+
+from .conftest import run_cli, snapshot
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+
+def _earlier_output(out: Path) -> dict[str, bytes]:
+    """An output dir holding a previous run's files, which a failed run must not touch."""
+    out.mkdir()
+    (out / "users_20200101T000000Z.csv").write_text("ID,Name\n1,Old\n")
+    (out / "manifest_20200101T000000Z.json").write_text("{}\n")
+    return snapshot(out)
+
+
+def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(
+        "run", "--api-url", "bundled", "--bundled-users", "12", "--runner", "dask",
+        "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == f"output: {out}"
+    assert lines[-1].startswith(f"manifest: {out}/manifest_")
+    (users,) = out.glob("users_[0-9]*.csv")
+    assert users.name in result.stdout
+    frame = pd.read_csv(users)
+    assert list(frame.columns) == ["ID", "Name", "Username", "Email", "Address",
+                                   "PhoneNumber", "Company"]  # fmt: skip
+    assert frame["ID"].tolist() == list(range(1, 13))
+    assert "bundled API server with 12 users" in result.stdout
+
+
+@pytest.mark.parametrize("fault", ["5xx:3", "429:1"])
+def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path, fault) -> None:
+    out = tmp_path / "out"
+    with make_server(users=30, fault=fault) as server:
+        result = run_cli(
+            "run", "--api-url", server.url, "--runner", "local", "--page-size", "10",
+            "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert server.stats()["faults_injected"] >= 4
+    (users,) = out.glob("users_[0-9]*.csv")
+    assert len(pd.read_csv(users)) == 30
+
+
+PAGE = "users page {n} from {url}/users?_page={n}&_limit=10: "
+
+
+@pytest.mark.parametrize(
+    ("fault", "page", "message"),
+    [
+        ("malformed", 2, PAGE + "response is not JSON"),
+        ("drift", 3, PAGE + "record id=21 field email: missing"),
+        ("html", 2, PAGE + "response is an HTML page, not JSON"),
+        ("empty", None, "users count from {url}/users?_page=1&_limit=1: the users list is empty"),
+        ("reset", 2, PAGE + "connection failed (connection reset by the server) (tried 4 times)"),
+        ("hang", 2, PAGE + "no answer within 10 s (tried 4 times)"),
+    ],
+    ids=["malformed", "drift", "html", "empty-users", "reset", "hang"],
+)
+def test_bad_input_fails_clearly_and_touches_nothing(tmp_path, fault, page, message) -> None:
+    out = tmp_path / "out"
+    before = _earlier_output(out)
+    with make_server(users=30, fault=fault, fault_page=page) as server:
+        started = time.monotonic()
+        result = run_cli(
+            "run", "--api-url", server.url, "--runner", "local", "--page-size", "10",
+            "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"), timeout=240,
+        )  # fmt: skip
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: " + message.format(n=page, url=server.url)), last
+    assert elapsed < 240
+    assert snapshot(out) == before  # byte for byte, and no temporary files left
+
+
+def test_unknown_resource_is_a_usage_error(tmp_path) -> None:
+    result = run_cli("run", "--resources", "users,secrets", "--output-dir", str(tmp_path))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown resource 'secrets': choose from users, posts, comments, albums, "
+        "photos, todos or 'all'"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_api_rejects_an_unknown_fault() -> None:
+    result = run_cli("serve-api", "--port", "0", "--fault", "gremlins", timeout=60)
+    assert result.returncode == 2
+    assert "gremlins" in result.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help", timeout=60)
+    assert result.returncode == 0
+    assert "run" in result.stdout
+    assert "serve-api" in result.stdout
