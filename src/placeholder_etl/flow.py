@@ -316,6 +316,8 @@ def make_task_runner(runner: Runner, workers: int | None = None, threads: int | 
                 "processes": True,
                 "host": "127.0.0.1",
                 "dashboard_address": "127.0.0.1:0",
+                # import the tasks while the workers start, all at once, not on first use
+                "preload": ["placeholder_etl.flow"],
             },
         )
     raise ValueError(f"unknown runner {runner!r}: use 'local' or 'dask'")
