@@ -11,11 +11,11 @@ OUTPUT_DIR ?= output
 USERS ?= 10
 PYTEST_ARGS ?=
 
-.PHONY: help install run test lint format serve-api clean
+.PHONY: help install run test lint format serve-api lab strip-notebooks clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
-		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+		awk 'BEGIN {FS = ":.*?## "}; {printf "  %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ lint: $(STAMP) ## ruff check and format check
 format: $(STAMP) ## Format the code with ruff
 	$(BIN)/ruff format src tests flows
 	$(BIN)/ruff check --fix .
+
+lab: $(STAMP) ## Start JupyterLab on 127.0.0.1 in notebooks/ (the project's .venv as kernel)
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks
+
+strip-notebooks: $(STAMP) ## Clear outputs and execution counts before committing notebooks
+	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
 
 serve-api: $(STAMP) ## Serve the bundled JSONPlaceholder API on 127.0.0.1:3000 (USERS=10)
 	$(BIN)/placeholder-etl serve-api --users $(USERS)

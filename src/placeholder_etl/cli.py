@@ -75,6 +75,10 @@ def run(
     ] = "page",
     dask_workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster workers.")] = None,
     dask_threads: Annotated[int | None, typer.Option(min=1, help="Threads per worker.")] = None,
+    dask_address: Annotated[
+        str | None,
+        typer.Option(envvar="DASK_SCHEDULER_ADDRESS", help="Existing Dask scheduler to use."),
+    ] = None,
     pages_per_task: Annotated[int | None, typer.Option(min=1, help="Pages per task.")] = None,
     in_flight: Annotated[int, typer.Option(min=1, help="Requests in flight per task.")] = 16,
     request_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 10.0,
@@ -88,13 +92,17 @@ def run(
         Path | None, typer.Option(envvar="PLACEHOLDER_ETL_CACHE_DIR", help="Page cache.")
     ] = None,
     cache_hours: Annotated[float, typer.Option(min=0, help="Page cache lifetime.")] = 1.0,
+    report: Annotated[
+        bool, typer.Option(help="Render report_<timestamp>.html from the report notebook.")
+    ] = False,
     bundled_users: Annotated[
         int, typer.Option(min=1, help="Users the bundled server generates (--api-url bundled).")
     ] = 10,
 ) -> None:
     """Run the ETL flow and list the files it wrote.
 
-    Exit status 0 on success, 1 when the run failed (the last line says why).
+    Exit status 0 on success, 1 when the run failed (the last line says why), 3 when the data
+    was written but the report (--report) failed.
     """
     from placeholder_etl.runner import run_etl
 
@@ -106,6 +114,7 @@ def run(
         "paging": paging,
         "dask_workers": dask_workers,
         "dask_threads": dask_threads,
+        "dask_address": dask_address,
         "pages_per_task": pages_per_task,
         "in_flight": in_flight,
         "request_timeout": request_timeout,
@@ -115,5 +124,6 @@ def run(
         "use_cache": cache,
         "cache_dir": str(cache_dir) if cache_dir else None,
         "cache_hours": cache_hours,
+        "report": report,
     }
     raise typer.Exit(run_etl(api_url, params, bundled_users=bundled_users))

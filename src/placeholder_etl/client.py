@@ -9,6 +9,7 @@ with a message that names the resource, the page and the URL.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -147,6 +148,18 @@ class ApiClient:
         total = _total_count(response, where)
         retries = len(response.raw.retries.history) if response.raw.retries else 0
         return Page(resource, page, url, checked, total, retries)
+
+    def fetch_all(
+        self, resource: str, page_size: int = 1000, paging: Paging = "page"
+    ) -> list[dict[str, Any]]:
+        """Every record of ``resource``, page after page until a short page (small data only)."""
+        records: list[dict[str, Any]] = []
+        for number in itertools.count(1):
+            page = self.fetch_page(resource, number, page_size, paging)
+            records.extend(page.records)
+            if len(page.records) < page_size:
+                return records
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def count(self, resource: str, page_size: int, paging: Paging = "page") -> int | None:
         """The number of records of ``resource`` from ``X-Total-Count``, or None if not sent.

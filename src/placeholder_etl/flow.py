@@ -19,7 +19,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect import flow, get_run_logger, task, unmapped
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
@@ -123,6 +127,29 @@ def build_activity_task(flat_tables: dict[str, str], dest: str) -> dict[str, Any
     return pipeline.build_activity(flat_tables, Path(dest))
 
 
+@task(name="render-report", cache_policy=NO_CACHE)
+def render_report_task(manifest: str, output_dir: str) -> dict[str, str]:
+    """Execute the report notebook and link its HTML from an artifact.
+
+    A failure is logged and returned as ``report_error``; it never undoes the load.
+    """
+    from placeholder_etl.report import render_report
+
+    try:
+        path = render_report(Path(manifest), Path(output_dir))
+    except Exception as exc:  # noqa: BLE001 - report problems must not fail a good load
+        get_run_logger().error("report failed: %s", exc)
+        return {"report_error": str(exc)}
+    create_link_artifact(
+        key="placeholder-etl-report",
+        link=path.as_uri(),
+        link_text=path.name,
+        description="The run report (HTML, rendered from notebooks/05-run-report.ipynb)",
+    )
+    get_run_logger().info("report: %s", path)
+    return {"report": str(path)}
+
+
 @flow(name="extract-transform-load", log_prints=True)
 def pipeline_flow(
     api_url: str,
@@ -140,6 +167,7 @@ def pipeline_flow(
     use_cache: bool,
     cache_dir: str,
     cache_hours: float,
+    report: bool,
     run_id: str,
 ) -> dict[str, Any]:
     """Run the pipeline on the task runner this flow was given (see :func:`etl`)."""
@@ -193,6 +221,13 @@ def pipeline_flow(
             "tables": tables,
             "chunks": len(chunks),
             "pages": sum(r["pages"] for r in results),
+            "contract": {
+                "records_checked": {
+                    resource: sum(r["rows"] for r in results if r["resource"] == resource)
+                    for resource in resources
+                },
+                "breaches": 0,  # any breach fails the run before this point
+            },
             "cached_chunks": sum(r["fetched_in"] != str(flow_run.get_id()) for r in results),
             "retries": sum(r["retries"] for r in results),
             "workers": sorted({r["worker"] for r in results}),
@@ -213,6 +248,8 @@ def pipeline_flow(
             shutil.rmtree(parts_dir, ignore_errors=True)
     manifest["manifest"] = str(out / f"manifest_{stamp}.json")
     _publish(manifest)
+    if report:
+        manifest.update(render_report_task(manifest["manifest"], str(out)))
     return manifest
 
 
@@ -299,8 +336,17 @@ def quiet_dask_logs() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
-def make_task_runner(runner: Runner, workers: int | None = None, threads: int | None = None):
-    """The task runner for ``runner``: threads, or a DaskTaskRunner on a LocalCluster."""
+def make_task_runner(
+    runner: Runner,
+    workers: int | None = None,
+    threads: int | None = None,
+    dask_address: str | None = None,
+):
+    """The task runner for ``runner``: threads, or a DaskTaskRunner.
+
+    The DaskTaskRunner connects to the scheduler at ``dask_address`` when given, and
+    otherwise starts a LocalCluster of ``workers`` processes with ``threads`` threads each.
+    """
     if runner == "local":
         return ThreadPoolTaskRunner(max_workers=(workers or 1) * (threads or local_slots()))
     if runner == "dask":
@@ -308,6 +354,8 @@ def make_task_runner(runner: Runner, workers: int | None = None, threads: int | 
 
         export_api_url()
         quiet_dask_logs()
+        if dask_address:
+            return DaskTaskRunner(address=dask_address)
         return DaskTaskRunner(
             cluster_class="distributed.LocalCluster",
             cluster_kwargs={
@@ -333,6 +381,7 @@ def etl(
     runner: Runner = "dask",
     dask_workers: int | None = None,
     dask_threads: int | None = None,
+    dask_address: str | None = None,
     pages_per_task: int | None = None,
     in_flight: int = 16,
     request_timeout: float = 10.0,
@@ -342,6 +391,7 @@ def etl(
     use_cache: bool = True,
     cache_dir: str | None = None,
     cache_hours: float = 1.0,
+    report: bool = False,
 ) -> dict[str, Any]:
     """Download JSONPlaceholder resources, transform them with pandas, save CSV.
 
@@ -354,6 +404,8 @@ def etl(
         runner: ``dask`` (a DaskTaskRunner on a LocalCluster) or ``local`` (threads).
         dask_workers: LocalCluster workers (default: one per core).
         dask_threads: threads per worker (default 2).
+        dask_address: an existing Dask scheduler (``tcp://host:8786``) to run the tasks on
+            instead of a LocalCluster.
         pages_per_task: pages one task fetches (default: about two tasks per worker thread).
         in_flight: requests in flight per task.
         request_timeout: seconds to wait for each response.
@@ -363,6 +415,7 @@ def etl(
         use_cache: reuse pages fetched by an earlier run within ``cache_hours``.
         cache_dir: where fetched pages are kept (default ``~/.cache/placeholder-etl``).
         cache_hours: how long fetched pages stay valid.
+        report: also render ``report_<timestamp>.html`` from ``notebooks/05-run-report.ipynb``.
 
     Returns:
         The run manifest (also written as ``manifest_<timestamp>.json``).
@@ -371,7 +424,7 @@ def etl(
     if page_size < 1 or in_flight < 1:
         raise ValueError("page_size and in_flight must be at least 1")
     slots = (dask_workers or local_slots()) * (dask_threads or 2)
-    task_runner = make_task_runner(runner, dask_workers, dask_threads)
+    task_runner = make_task_runner(runner, dask_workers, dask_threads, dask_address)
     return pipeline_flow.with_options(task_runner=task_runner)(
         api_url=api_url.rstrip("/"),
         output_dir=output_dir,
@@ -388,5 +441,6 @@ def etl(
         use_cache=use_cache,
         cache_dir=str(Path(cache_dir).expanduser() if cache_dir else default_cache_dir()),
         cache_hours=cache_hours,
+        report=report,
         run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
     )

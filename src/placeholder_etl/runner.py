@@ -20,7 +20,8 @@ def run_etl(api_url: str, params: dict[str, Any], bundled_users: int = 10) -> in
     """Run :func:`placeholder_etl.flow.etl`; print the files written, or one line of error.
 
     Returns:
-        The exit status: 0 on success, 1 when the run failed.
+        The exit status: 0 on success, 1 when the run failed, 3 when the data was written
+        but the report failed.
     """
     console = Console(highlight=False, soft_wrap=True)
     with ExitStack() as stack:
@@ -40,6 +41,9 @@ def run_etl(api_url: str, params: dict[str, Any], bundled_users: int = 10) -> in
             print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
             return 1
     _report(console, manifest)
+    if "report_error" in manifest:
+        print(f"error: the data was written, but {manifest['report_error']}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -66,4 +70,6 @@ def _report(console: Console, manifest: dict[str, Any]) -> None:
         f"{timings['total_s']:.2f} s; flow run {manifest['flow_run_id']}"
     )
     console.print(f"output: {manifest['manifest'].rsplit('/', 1)[0]}")
+    if "report" in manifest:
+        console.print(f"report: {manifest['report']}")
     console.print(f"manifest: {manifest['manifest']}")
