@@ -10,8 +10,13 @@ STAMP := $(VENV)/.installed
 OUTPUT_DIR ?= output
 USERS ?= 10
 PYTEST_ARGS ?=
+POOL ?= placeholder-etl
+PREFECT_PORT ?= 4200
+PLACEHOLDER_ETL_REPO ?= https://github.com/placeholder-etl/placeholder-etl.git
+export PLACEHOLDER_ETL_HOME := $(CURDIR)
+export PLACEHOLDER_ETL_REPO
 
-.PHONY: help install run test lint format serve-api lab strip-notebooks clean
+.PHONY: help install run test lint format serve-api lab strip-notebooks server deploy worker serve automation clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -49,6 +54,25 @@ strip-notebooks: $(STAMP) ## Clear outputs and execution counts before committin
 
 serve-api: $(STAMP) ## Serve the bundled JSONPlaceholder API on 127.0.0.1:3000 (USERS=10)
 	$(BIN)/placeholder-etl serve-api --users $(USERS)
+
+server: $(STAMP) ## Start a Prefect server on 127.0.0.1:4200 (PREFECT_PORT; SQLite in PREFECT_HOME)
+	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+
+deploy: $(STAMP) ## Create the work pool if missing and deploy prefect.yaml to PREFECT_API_URL
+	@test -n "$$PREFECT_API_URL" || $(BIN)/prefect config view | grep -q PREFECT_API_URL || \
+		{ echo "set PREFECT_API_URL (make server) or run 'prefect cloud login' first" >&2; exit 2; }
+	$(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
+		$(BIN)/prefect work-pool create $(POOL) --type process
+	$(BIN)/prefect --no-prompt deploy --all
+
+worker: $(STAMP) ## Start a process worker on the work pool (POOL=placeholder-etl)
+	$(BIN)/prefect worker start --pool $(POOL)
+
+serve: $(STAMP) ## Run flow.serve with the daily schedule in this process (needs PREFECT_API_URL)
+	$(BIN)/placeholder-etl serve --output-dir $(OUTPUT_DIR)
+
+automation: $(STAMP) ## Install the server-side failure notification (PLACEHOLDER_ETL_NOTIFY_WEBHOOK)
+	$(BIN)/placeholder-etl setup-alerts
 
 clean: ## Remove caches and build files (keeps .venv and output/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

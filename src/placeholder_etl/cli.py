@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -95,6 +96,14 @@ def run(
     report: Annotated[
         bool, typer.Option(help="Render report_<timestamp>.html from the report notebook.")
     ] = False,
+    notify_webhook: Annotated[
+        str | None,
+        typer.Option(
+            envvar="PLACEHOLDER_ETL_NOTIFY_WEBHOOK",
+            help="Slack-compatible webhook told when the run fails (a secret: never logged).",
+            show_default=False,
+        ),
+    ] = None,
     bundled_users: Annotated[
         int, typer.Option(min=1, help="Users the bundled server generates (--api-url bundled).")
     ] = 10,
@@ -104,7 +113,11 @@ def run(
     Exit status 0 on success, 1 when the run failed (the last line says why), 3 when the data
     was written but the report (--report) failed.
     """
+    from placeholder_etl.notify import WEBHOOK_ENV
     from placeholder_etl.runner import run_etl
+
+    if notify_webhook:
+        os.environ[WEBHOOK_ENV] = notify_webhook  # read by the flow's failure hook
 
     params: dict[str, Any] = {
         "output_dir": str(output_dir),
@@ -127,3 +140,56 @@ def run(
         "report": report,
     }
     raise typer.Exit(run_etl(api_url, params, bundled_users=bundled_users))
+
+
+@app.command("serve")
+def serve_flow(
+    name: Annotated[str, typer.Option(help="Deployment name.")] = "placeholder-etl-served",
+    cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 6 * * *",
+    timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC",
+    interval: Annotated[int | None, typer.Option(min=60, help="Also run every N seconds.")] = None,
+    api_url: Annotated[str, typer.Option(envvar="PLACEHOLDER_ETL_API_URL")] = DEFAULT_API_URL,
+    output_dir: Annotated[str, typer.Option(envvar="PLACEHOLDER_ETL_OUTPUT_DIR")] = "output",
+    resources: Annotated[str, typer.Option()] = "users",
+    runner: Annotated[str, typer.Option()] = "dask",
+) -> None:
+    """Serve the flow with its schedule in this process (the simplest scheduled setup).
+
+    Needs a Prefect server (PREFECT_API_URL); runs until interrupted.
+    """
+    from prefect.schedules import Cron, Interval
+
+    from placeholder_etl.flow import etl
+
+    schedules = [Cron(cron, timezone=timezone)]
+    if interval:
+        schedules.append(Interval(interval))
+    etl.serve(
+        name=name,
+        schedules=schedules,
+        parameters={
+            "api_url": api_url,
+            "output_dir": output_dir,
+            "resources": resources,
+            "runner": runner,
+        },
+        tags=["placeholder-etl", "served"],
+    )
+
+
+@app.command("setup-alerts")
+def setup_alerts(
+    webhook: Annotated[
+        str,
+        typer.Option(
+            envvar="PLACEHOLDER_ETL_NOTIFY_WEBHOOK",
+            help="The webhook the Prefect server notifies (stored as a secret in a block).",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Install the server-side failure automation (automations/notify-on-failure.yaml)."""
+    from placeholder_etl.notify import BLOCK_NAME, install_failure_automation
+
+    block_id, automation_id = install_failure_automation(webhook)
+    typer.echo(f"notification block {BLOCK_NAME} ({block_id}) and automation {automation_id}")

@@ -33,6 +33,7 @@ from placeholder_etl import pipeline
 from placeholder_etl.client import DEFAULT_API_URL, ApiClient, ClientSettings, Paging
 from placeholder_etl.errors import is_transient
 from placeholder_etl.load import Staging, manifest_bytes, remove_stale_temps
+from placeholder_etl.notify import notify_failure
 from placeholder_etl.prefect_api import export_api_url
 from placeholder_etl.resources import RESOURCE_NAMES, resolve_resources
 from placeholder_etl.settings import default_cache_dir, local_slots
@@ -150,7 +151,7 @@ def render_report_task(manifest: str, output_dir: str) -> dict[str, str]:
     return {"report": str(path)}
 
 
-@flow(name="extract-transform-load", log_prints=True)
+@flow(name="extract-transform-load")
 def pipeline_flow(
     api_url: str,
     output_dir: str,
@@ -371,7 +372,11 @@ def make_task_runner(
     raise ValueError(f"unknown runner {runner!r}: use 'local' or 'dask'")
 
 
-@flow(name="placeholder-etl", log_prints=True)
+@flow(
+    name="placeholder-etl",
+    on_failure=[notify_failure],
+    on_crashed=[notify_failure],
+)
 def etl(
     api_url: str = DEFAULT_API_URL,
     output_dir: str = "output",
@@ -419,6 +424,9 @@ def etl(
 
     Returns:
         The run manifest (also written as ``manifest_<timestamp>.json``).
+
+    When ``$PLACEHOLDER_ETL_NOTIFY_WEBHOOK`` is set, a run that fails or crashes (after its
+    retries) posts a Slack-compatible message there (:mod:`placeholder_etl.notify`).
     """
     names = list(resolve_resources(resources))
     if page_size < 1 or in_flight < 1:
