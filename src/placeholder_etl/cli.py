@@ -80,6 +80,18 @@ def run(
         str | None,
         typer.Option(envvar="DASK_SCHEDULER_ADDRESS", help="Existing Dask scheduler to use."),
     ] = None,
+    dask_cluster: Annotated[
+        str | None,
+        typer.Option(help="'local' or 'saturn' [default: saturn inside Saturn Cloud, else local]"),
+    ] = None,
+    dask_worker_size: Annotated[str | None, typer.Option(help="Saturn worker size.")] = None,
+    dask_scheduler_size: Annotated[str | None, typer.Option(help="Saturn scheduler size.")] = None,
+    dask_adapt_min: Annotated[
+        int | None, typer.Option(min=0, help="Adaptive: min workers.")
+    ] = None,
+    dask_adapt_max: Annotated[
+        int | None, typer.Option(min=1, help="Adaptive: max workers.")
+    ] = None,
     pages_per_task: Annotated[int | None, typer.Option(min=1, help="Pages per task.")] = None,
     in_flight: Annotated[int, typer.Option(min=1, help="Requests in flight per task.")] = 16,
     request_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 10.0,
@@ -128,6 +140,11 @@ def run(
         "dask_workers": dask_workers,
         "dask_threads": dask_threads,
         "dask_address": dask_address,
+        "dask_cluster": dask_cluster,
+        "dask_worker_size": dask_worker_size,
+        "dask_scheduler_size": dask_scheduler_size,
+        "dask_adapt_min": dask_adapt_min,
+        "dask_adapt_max": dask_adapt_max,
         "pages_per_task": pages_per_task,
         "in_flight": in_flight,
         "request_timeout": request_timeout,

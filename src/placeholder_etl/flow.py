@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,12 @@ from prefect.tasks import exponential_backoff
 
 from placeholder_etl import pipeline
 from placeholder_etl.client import DEFAULT_API_URL, ApiClient, ClientSettings, Paging
+from placeholder_etl.cluster import (
+    ClusterKind,
+    check_workers,
+    cluster_threads,
+    dask_runner_kwargs,
+)
 from placeholder_etl.errors import is_transient
 from placeholder_etl.load import Staging, manifest_bytes, remove_stale_temps
 from placeholder_etl.notify import notify_failure
@@ -191,6 +198,7 @@ def pipeline_flow(
     else:
         options["cache_policy"] = NO_CACHE
         parts_dir = parts_dir / f"run-{run_id}"
+    slots = _prepare_workers(slots)
     counter = count_records.with_options(**options)
     extractor = extract_chunk_task.with_options(**options)
 
@@ -337,39 +345,44 @@ def quiet_dask_logs() -> None:
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
-def make_task_runner(
-    runner: Runner,
-    workers: int | None = None,
-    threads: int | None = None,
-    dask_address: str | None = None,
-):
-    """The task runner for ``runner``: threads, or a DaskTaskRunner.
+def make_task_runner(runner: Runner, **dask_options: Any):
+    """The task runner: threads (``local``), or a ``DaskTaskRunner`` (``dask``).
 
-    The DaskTaskRunner connects to the scheduler at ``dask_address`` when given, and
-    otherwise starts a LocalCluster of ``workers`` processes with ``threads`` threads each.
+    ``dask_options`` go to :func:`placeholder_etl.cluster.dask_runner_kwargs`: a
+    LocalCluster by default, an existing scheduler with ``address``, or Saturn Cloud's cluster.
     """
     if runner == "local":
+        workers, threads = dask_options.get("workers"), dask_options.get("threads")
         return ThreadPoolTaskRunner(max_workers=(workers or 1) * (threads or local_slots()))
     if runner == "dask":
         from prefect_dask import DaskTaskRunner
 
         export_api_url()
         quiet_dask_logs()
-        if dask_address:
-            return DaskTaskRunner(address=dask_address)
-        return DaskTaskRunner(
-            cluster_class="distributed.LocalCluster",
-            cluster_kwargs={
-                "n_workers": workers or local_slots(),
-                "threads_per_worker": threads or 2,
-                "processes": True,
-                "host": "127.0.0.1",
-                "dashboard_address": "127.0.0.1:0",
-                # import the tasks while the workers start, all at once, not on first use
-                "preload": ["placeholder_etl.flow"],
-            },
-        )
+        return DaskTaskRunner(**dask_runner_kwargs(**dask_options))
     raise ValueError(f"unknown runner {runner!r}: use 'local' or 'dask'")
+
+
+def _prepare_workers(default_slots: int) -> int:
+    """On Dask: check every worker can run the tasks; return the cluster's worker threads."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or "prefect_dask" not in sys.modules:  # not on Dask
+        return default_slots
+    from prefect_dask import DaskTaskRunner
+
+    if not isinstance(context.task_runner, DaskTaskRunner):
+        return default_slots
+    client = context.task_runner.client  # connects (or starts the cluster) now
+    workers = check_workers(client)
+    get_run_logger().info(
+        "Dask cluster: %d workers, %d threads, dashboard %s",
+        len(workers),
+        cluster_threads(client),
+        client.dashboard_link,
+    )
+    return cluster_threads(client)
 
 
 @flow(
@@ -387,6 +400,11 @@ def etl(
     dask_workers: int | None = None,
     dask_threads: int | None = None,
     dask_address: str | None = None,
+    dask_cluster: ClusterKind | None = None,
+    dask_worker_size: str | None = None,
+    dask_scheduler_size: str | None = None,
+    dask_adapt_min: int | None = None,
+    dask_adapt_max: int | None = None,
     pages_per_task: int | None = None,
     in_flight: int = 16,
     request_timeout: float = 10.0,
@@ -410,7 +428,13 @@ def etl(
         dask_workers: LocalCluster workers (default: one per core).
         dask_threads: threads per worker (default 2).
         dask_address: an existing Dask scheduler (``tcp://host:8786``) to run the tasks on
-            instead of a LocalCluster.
+            instead of starting a cluster.
+        dask_cluster: ``local`` (LocalCluster) or ``saturn`` (``dask_saturn.SaturnCluster``);
+            default ``saturn`` inside a Saturn Cloud resource, else ``local``.
+        dask_worker_size: Saturn worker instance size (e.g. ``large``).
+        dask_scheduler_size: Saturn scheduler instance size.
+        dask_adapt_min: adaptive scaling: fewest workers.
+        dask_adapt_max: adaptive scaling: most workers.
         pages_per_task: pages one task fetches (default: about two tasks per worker thread).
         in_flight: requests in flight per task.
         request_timeout: seconds to wait for each response.
@@ -432,7 +456,17 @@ def etl(
     if page_size < 1 or in_flight < 1:
         raise ValueError("page_size and in_flight must be at least 1")
     slots = (dask_workers or local_slots()) * (dask_threads or 2)
-    task_runner = make_task_runner(runner, dask_workers, dask_threads, dask_address)
+    task_runner = make_task_runner(
+        runner,
+        cluster=dask_cluster,
+        address=dask_address,
+        workers=dask_workers,
+        threads=dask_threads,
+        worker_size=dask_worker_size,
+        scheduler_size=dask_scheduler_size,
+        adapt_min=dask_adapt_min,
+        adapt_max=dask_adapt_max,
+    )
     return pipeline_flow.with_options(task_runner=task_runner)(
         api_url=api_url.rstrip("/"),
         output_dir=output_dir,

@@ -1,0 +1,139 @@
+"""Where the Dask tasks run: a LocalCluster, an existing scheduler, or Saturn Cloud's cluster.
+
+:func:`dask_runner_kwargs` turns the flow's settings into ``DaskTaskRunner`` arguments;
+:func:`check_workers` makes sure every worker can import this package before any task is sent
+(a worker without it would otherwise fail with a deep deserialisation error).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+from placeholder_etl.errors import PermanentError
+from placeholder_etl.settings import local_slots
+
+__all__ = [
+    "ClusterKind",
+    "WorkerSetupError",
+    "check_workers",
+    "cluster_threads",
+    "dask_runner_kwargs",
+    "default_cluster",
+]
+
+ClusterKind = Literal["local", "saturn"]
+PACKAGE = "placeholder_etl"
+
+
+class WorkerSetupError(PermanentError):
+    """Dask workers that cannot run the tasks (the package is missing or another version)."""
+
+
+def default_cluster() -> ClusterKind:
+    """``saturn`` inside a Saturn Cloud resource (``SATURN_BASE_URL`` set), else ``local``."""
+    return "saturn" if os.environ.get("SATURN_BASE_URL") else "local"
+
+
+def dask_runner_kwargs(
+    cluster: ClusterKind | None = None,
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
+    worker_size: str | None = None,
+    scheduler_size: str | None = None,
+    adapt_min: int | None = None,
+    adapt_max: int | None = None,
+) -> dict[str, Any]:
+    """Keyword arguments for ``prefect_dask.DaskTaskRunner``.
+
+    Args:
+        cluster: ``local`` (a LocalCluster of worker processes) or ``saturn``
+            (``dask_saturn.SaturnCluster``); default :func:`default_cluster`.
+        address: an existing scheduler (``tcp://host:8786``); wins over ``cluster``.
+        workers: worker processes (local) or machines (Saturn).
+        threads: threads per worker.
+        worker_size, scheduler_size: Saturn instance sizes (``large``, ``xlarge``, …).
+        adapt_min, adapt_max: adaptive scaling bounds, passed to ``cluster.adapt``.
+    """
+    if address:
+        return {"address": address}
+    adapt = {
+        key: value
+        for key, value in (("minimum", adapt_min), ("maximum", adapt_max))
+        if value is not None
+    }
+    kind = cluster or default_cluster()
+    if kind == "local":
+        kwargs: dict[str, Any] = {
+            "n_workers": workers or local_slots(),
+            "threads_per_worker": threads or 2,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",
+            # import the tasks while the workers start, all at once, not on first use
+            "preload": ["placeholder_etl.flow"],
+        }
+        cluster_class = "distributed.LocalCluster"
+    elif kind == "saturn":
+        kwargs = {"n_workers": workers or 2, "shutdown_on_close": False}
+        if threads:
+            kwargs["nthreads"] = threads
+        if worker_size:
+            kwargs["worker_size"] = worker_size
+        if scheduler_size:
+            kwargs["scheduler_size"] = scheduler_size
+        cluster_class = "dask_saturn.SaturnCluster"
+    else:
+        raise ValueError(f"unknown Dask cluster {kind!r}: use 'local' or 'saturn'")
+    return {"cluster_class": cluster_class, "cluster_kwargs": kwargs, "adapt_kwargs": adapt}
+
+
+def _probe() -> str:
+    """Run on each worker: this package's version there, or why it cannot be imported."""
+    try:
+        module = __import__(PACKAGE)
+    except Exception as exc:  # noqa: BLE001 - any import failure is the answer
+        return f"missing: {type(exc).__name__}: {exc}"
+    return str(getattr(module, "__version__", "unknown"))
+
+
+def check_workers(client: Any) -> list[str]:
+    """Check every worker can import this package, in the version the client has.
+
+    Returns:
+        The workers' addresses.
+
+    Raises:
+        WorkerSetupError: naming the workers and how to install the package on them.
+    """
+    import cloudpickle
+
+    # By value: a worker without the package could not even unpickle a reference to it.
+    cloudpickle.register_pickle_by_value(__import__(__name__, fromlist=["_probe"]))
+    try:
+        answers = client.run(_probe)
+    finally:
+        cloudpickle.unregister_pickle_by_value(__import__(__name__, fromlist=["_probe"]))
+    mine = _version()
+    bad = {addr: ans for addr, ans in answers.items() if ans != mine}
+    if bad:
+        detail = "; ".join(f"{addr}: {ans}" for addr, ans in sorted(bad.items()))
+        raise WorkerSetupError(
+            f"Dask workers cannot run the tasks ({detail}; this client has placeholder-etl "
+            f"{mine}). Install the same version on every worker: `pip install -e .` from this "
+            "checkout in the workers' environment (on Saturn Cloud: the recipe's start script "
+            "or environment.yml), then restart the workers."
+        )
+    return sorted(answers)
+
+
+def cluster_threads(client: Any) -> int:
+    """Worker threads in the cluster (at least 1)."""
+    return max(1, sum(client.nthreads().values()))
+
+
+def _version() -> str:
+    import placeholder_etl
+
+    return str(getattr(placeholder_etl, "__version__", "unknown"))

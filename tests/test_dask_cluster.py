@@ -1,0 +1,168 @@
+"""The flow on an existing Dask cluster: real `dask scheduler` and `dask worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from placeholder_etl.cluster import WorkerSetupError, dask_runner_kwargs
+from placeholder_etl.flow import etl
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+BLOCK_PACKAGE = (
+    "import sys; sys.modules['placeholder_etl'] = None; "  # this worker cannot import it
+    "from distributed.cli.dask_worker import main; sys.argv[0] = 'dask-worker'; main()"
+)
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "false"},
+    )  # fmt: skip
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def start_cluster(tmp: Path, workers: int, worker_code: str | None = None) -> tuple[str, list]:
+    """A scheduler and ``workers`` worker processes on loopback; returns (address, processes)."""
+    scheduler_file = tmp / "scheduler.json"
+    processes = [
+        _start(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            tmp / "scheduler.log",
+        )
+    ]
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # --no-nanny for the code variant: a nanny would start a fresh worker process without it
+    worker = [sys.executable, "-c", worker_code, "--no-nanny"] if worker_code else [
+        sys.executable, "-m", "distributed.cli.dask_worker"]  # fmt: skip
+    for n in range(workers):
+        processes.append(
+            _start(
+                [
+                    *worker,
+                    "--scheduler-file",
+                    str(scheduler_file),
+                    "--nthreads",
+                    "2",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--name",
+                    f"test-worker-{n}",
+                ],
+                tmp / f"worker-{n}.log",
+            )
+        )
+    with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+        client.wait_for_workers(workers, timeout=120)
+        address = client.scheduler.address
+    return address, processes
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[tuple[str, set[str]]]:
+    """A real cluster of one scheduler and two worker processes; yields (address, workers)."""
+    address, processes = start_cluster(tmp_path_factory.mktemp("dask"), workers=2)
+    try:
+        with Client(address, timeout=30) as client:
+            workers = set(client.scheduler_info()["workers"])
+        yield address, workers
+    finally:
+        _stop(processes)
+
+
+def test_tasks_run_on_the_external_workers_and_match_a_local_run(api, tmp_path, cluster) -> None:
+    address, workers = cluster
+    common = {"api_url": api.url, "page_size": 5, "pages_per_task": 1, "use_cache": False,
+              "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    on_cluster = etl(output_dir=str(tmp_path / "dask"), runner="dask", dask_address=address,
+                     **common)  # fmt: skip
+    local = etl(output_dir=str(tmp_path / "local"), runner="local", **common)
+    assert set(on_cluster["workers"]) <= workers
+    assert len(set(on_cluster["workers"])) == 2  # five tasks spread over both workers
+    assert on_cluster["tables"]["users"]["sha256"] == local["tables"]["users"]["sha256"]
+    dask_csv = tmp_path / "dask" / on_cluster["tables"]["users"]["file"]
+    local_csv = tmp_path / "local" / local["tables"]["users"]["file"]
+    assert dask_csv.read_bytes() == local_csv.read_bytes()
+
+
+def test_the_cli_takes_the_scheduler_from_the_environment(api, tmp_path, cluster) -> None:
+    from .conftest import run_cli
+
+    address, workers = cluster
+    result = run_cli(
+        "run", "--api-url", api.url, "--output-dir", str(tmp_path / "out"), "--no-cache",
+        env={"DASK_SCHEDULER_ADDRESS": address},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Dask cluster: 2 workers, 4 threads" in result.stderr
+    manifest = next((tmp_path / "out").glob("manifest_*.json")).read_text()
+    assert any(worker in manifest for worker in workers)
+
+
+def test_workers_without_the_package_are_refused_clearly(api, tmp_path) -> None:
+    address, processes = start_cluster(tmp_path, workers=1, worker_code=BLOCK_PACKAGE)
+    try:
+        with pytest.raises(WorkerSetupError) as caught:
+            etl(api_url=api.url, output_dir=str(tmp_path / "out"), runner="dask",
+                dask_address=address, use_cache=False, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    finally:
+        _stop(processes)
+    message = str(caught.value)
+    assert message.startswith("Dask workers cannot run the tasks (tcp://127.0.0.1:")
+    assert "missing: ModuleNotFoundError" in message
+    assert "pip install -e ." in message
+    assert not (tmp_path / "out").exists()
+
+
+def test_runner_settings() -> None:
+    assert dask_runner_kwargs(address="tcp://h:8786") == {"address": "tcp://h:8786"}
+    local = dask_runner_kwargs("local", workers=3, threads=1, adapt_min=1, adapt_max=4)
+    assert local["cluster_class"] == "distributed.LocalCluster"
+    assert local["cluster_kwargs"]["n_workers"] == 3
+    assert local["adapt_kwargs"] == {"minimum": 1, "maximum": 4}
+    saturn = dask_runner_kwargs("saturn", workers=4, worker_size="xlarge", scheduler_size="large")
+    assert saturn["cluster_class"] == "dask_saturn.SaturnCluster"
+    assert saturn["cluster_kwargs"] == {"n_workers": 4, "shutdown_on_close": False,
+                                        "worker_size": "xlarge", "scheduler_size": "large"}  # fmt: skip
+
+
+def test_saturn_is_the_default_inside_saturn(monkeypatch) -> None:
+    monkeypatch.setenv("SATURN_BASE_URL", "http://127.0.0.1:1")
+    assert dask_runner_kwargs()["cluster_class"] == "dask_saturn.SaturnCluster"
+    monkeypatch.delenv("SATURN_BASE_URL")
+    assert dask_runner_kwargs()["cluster_class"] == "distributed.LocalCluster"
