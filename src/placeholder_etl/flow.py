@@ -181,11 +181,11 @@ def pipeline_flow(
     """Run the pipeline on the task runner this flow was given (see :func:`etl`)."""
     logger = get_run_logger()
     started = time.perf_counter()
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
     out = Path(output_dir).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"output dir {out} is a file")
-    for stale in remove_stale_temps(out, older_than=3600) + remove_stale_temps(Path(cache_dir)):
+    for stale in remove_stale_temps(out) + remove_stale_temps(Path(cache_dir)):
         logger.info("removed %s left by an earlier run", stale)
     settings = ClientSettings(timeout=request_timeout, retries=request_retries)
     parts_dir = Path(cache_dir).expanduser() / "parts"
@@ -219,14 +219,14 @@ def pipeline_flow(
     results = _refetch_missing(extractor, chunks, results, str(parts_dir), settings, in_flight)
     extracted = time.perf_counter()
 
-    staging = Staging(out, run_tag=run_id)
+    staging = Staging(out)
     try:
-        tables = _assemble(resources, chunks, results, staging, stamp)
+        tables = _assemble(resources, chunks, results, staging)
         manifest = {
             "source": api_url,
             "resources": resources,
             "flow_run_id": str(flow_run.get_root_flow_run_id() or flow_run.get_id()),
-            "created": stamp,
+            "started": started_at,
             "tables": tables,
             "chunks": len(chunks),
             "pages": sum(r["pages"] for r in results),
@@ -247,8 +247,16 @@ def pipeline_flow(
                 "total_s": round(time.perf_counter() - started, 3),
             },
         }
-        staging.write_bytes(f"manifest_{stamp}.json", manifest_bytes(manifest))
-        staging.commit()
+
+        def finish(stamp: str) -> bytes:
+            """Called under the output dir's lock with the stamp the files get."""
+            manifest["created"] = stamp
+            for table, info in tables.items():
+                info["file"] = f"{table}_{stamp}.csv"
+            manifest["timings"]["total_s"] = round(time.perf_counter() - started, 3)
+            return manifest_bytes(manifest)
+
+        stamp = staging.commit(finish)
     except BaseException:
         staging.abort()
         raise
@@ -277,7 +285,7 @@ def _refetch_missing(extractor, chunks, results, parts_dir, settings, in_flight)
     return results
 
 
-def _assemble(resources, chunks, results, staging: Staging, stamp: str) -> dict[str, dict]:
+def _assemble(resources, chunks, results, staging: Staging) -> dict[str, dict]:
     """Join part files into staged tables; add the activity summary when all are there."""
     jobs = []
     for resource in resources:
@@ -287,17 +295,17 @@ def _assemble(resources, chunks, results, staging: Staging, stamp: str) -> dict[
             get_run_logger().warning("%s: ids out of order or repeated; sorting", resource)
         rows = sum(r["rows"] for r in mine)
         for table in pipeline.TABLES[resource]:
-            dest = staging.temp_path(f"{table}_{stamp}.csv")
+            dest = staging.temp_path(table)
             jobs.append((table, [r["parts"][table] for r in mine], str(dest), rows, ordered))
     futures = assemble_table_task.map(*(list(column) for column in zip(*jobs, strict=True)))
     tables = {}
     for (table, _, dest, _, _), info in zip(jobs, futures.result(), strict=True):
-        tables[table] = {**info, "file": f"{table}_{stamp}.csv", "staged": dest}
+        tables[table] = {**info, "staged": dest}
     if set(resources) == set(RESOURCE_NAMES):
         flat = {t: tables[t]["staged"] for t in ("users_flat", *RESOURCE_NAMES[1:])}
-        dest = staging.temp_path(f"{pipeline.ACTIVITY_TABLE}_{stamp}.csv")
+        dest = staging.temp_path(pipeline.ACTIVITY_TABLE)
         info = build_activity_task(flat, str(dest))
-        tables[pipeline.ACTIVITY_TABLE] = {**info, "file": f"{pipeline.ACTIVITY_TABLE}_{stamp}.csv"}
+        tables[pipeline.ACTIVITY_TABLE] = info
     for info in tables.values():
         info.pop("staged", None)
         info.pop("table", None)

@@ -8,12 +8,17 @@ files, and a killed run's leftovers are removed by the next run (:func:`remove_s
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import itertools
 import os
+import socket
 import time
-from collections.abc import Iterable, Iterator
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
@@ -24,11 +29,14 @@ __all__ = [
     "Staging",
     "atomic_write",
     "concat_files",
+    "make_tag",
     "remove_stale_temps",
     "sha256_file",
+    "utc_stamp",
 ]
 
 TEMP_SUFFIX = ".tmp"
+LOCK_NAME = ".placeholder-etl.lock"
 _COPY_CHUNK = 1 << 20
 
 
@@ -46,7 +54,7 @@ def atomic_write(path: Path, tag: str | None = None) -> Iterator[IO[bytes]]:
 
     If the block raises, the temp file is removed and ``path`` is left as it was.
     """
-    tmp = path.with_name(f".{path.name}.{tag or os.getpid()}{TEMP_SUFFIX}")
+    tmp = path.with_name(f".{path.name}.{tag or make_tag()}{TEMP_SUFFIX}")
     try:
         with tmp.open("wb") as handle:
             yield handle
@@ -85,57 +93,90 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def make_tag() -> str:
+    """A tag unique to this process and call: ``<host>-<pid>-<random>``.
+
+    Temporary names carry it, so the next run can tell a dead process's leftovers (removed)
+    from a live run's files (kept).
+    """
+    host = socket.gethostname().replace(".", "_").replace("-", "_")
+    return f"{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def utc_stamp() -> str:
+    """The run timestamp used in file names: ``20261125T005503Z``."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+
+
 @dataclass
 class Staging:
     """Files of one run, written under temporary names, renamed together on :meth:`commit`.
 
+    Final names are ``<key>_<stamp><suffix>``; the stamp is chosen at commit, under a lock on
+    the output dir, so two runs committing at once get different stamps and never overwrite
+    or interleave each other's files.
+
     Args:
         directory: the output directory (created on first use, removed again on
             :meth:`abort` if this run created it and it is still empty).
-        run_tag: a unique tag of this run, part of every temporary name.
+        run_tag: a unique tag of this run (:func:`make_tag`), part of every temporary name.
     """
 
     directory: Path
-    run_tag: str
-    staged: dict[Path, Path] = field(default_factory=dict)
+    run_tag: str = field(default_factory=make_tag)
+    staged: dict[str, tuple[str, Path]] = field(default_factory=dict)
     _created_dir: bool = False
 
-    def temp_path(self, final_name: str) -> Path:
-        """Reserve ``final_name`` in the output dir; return the temporary path to write."""
-        if Path(final_name).name != final_name or final_name.startswith("."):
-            raise ValueError(f"output name {final_name!r} must be a plain file name")
+    def temp_path(self, key: str, suffix: str = ".csv") -> Path:
+        """Reserve the file ``<key>_<stamp><suffix>``; return the temporary path to write."""
+        if not key.replace("_", "").isalnum():
+            raise ValueError(f"output name {key!r} must be letters, digits and underscores")
         if not self.directory.exists():
             self.directory.mkdir(parents=True)
             self._created_dir = True
-        final = self.directory / final_name
-        tmp = self.directory / f".{final_name}.{self.run_tag}{TEMP_SUFFIX}"
-        self.staged[final] = tmp
+        tmp = self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}"
+        self.staged[key] = (suffix, tmp)
         return tmp
 
-    def write_bytes(self, final_name: str, data: bytes) -> Path:
-        """Stage a small file (a manifest) in one go; returns its final path."""
-        tmp = self.temp_path(final_name)
-        with tmp.open("wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        return self.directory / final_name
+    def commit(self, manifest: Callable[[str], bytes] | None = None) -> str:
+        """Pick the stamp, write the manifest, rename every staged file into place.
 
-    def commit(self) -> list[Path]:
-        """Rename every staged file into place (files are fsynced before, the dir after)."""
-        for final in self.staged:
-            if final.exists():
-                raise FileExistsError(f"{final} exists already: refusing to overwrite it")
-        for final, tmp in self.staged.items():
-            tmp.replace(final)
-        _fsync_dir(self.directory)
-        committed = list(self.staged)
+        Args:
+            manifest: called with the chosen stamp; its bytes become ``manifest_<stamp>.json``,
+                written last, after the tables.
+
+        Returns:
+            The stamp of the committed files.
+        """
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with (self.directory / LOCK_NAME).open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stamp = self._free_stamp(manifest is not None)
+            if manifest is not None:
+                tmp = self.temp_path("manifest", ".json")
+                with tmp.open("wb") as handle:
+                    handle.write(manifest(stamp))
+                    fsync_file(handle)
+            for key, (suffix, tmp) in self.staged.items():
+                tmp.replace(self.directory / f"{key}_{stamp}{suffix}")
+            _fsync_dir(self.directory)
         self.staged.clear()
-        return committed
+        return stamp
+
+    def _free_stamp(self, with_manifest: bool) -> str:
+        names = {(key, suffix) for key, (suffix, _) in self.staged.items()}
+        if with_manifest:
+            names.add(("manifest", ".json"))
+        base = stamp = utc_stamp()
+        for n in itertools.count(2):
+            if not any((self.directory / f"{k}_{stamp}{s}").exists() for k, s in names):
+                return stamp
+            stamp = f"{base}-{n}"
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def abort(self) -> None:
         """Remove this run's temporary files; the output dir is left as it was."""
-        for tmp in self.staged.values():
+        for _, tmp in self.staged.values():
             tmp.unlink(missing_ok=True)
         self.staged.clear()
         if self._created_dir:
@@ -149,24 +190,43 @@ def fsync_file(handle: IO[bytes]) -> None:
     os.fsync(handle.fileno())
 
 
-def remove_stale_temps(directory: Path, older_than: float = 0.0) -> list[Path]:
-    """Remove temporary files a killed run left in ``directory``.
+def remove_stale_temps(directory: Path, older_than: float = 86_400.0) -> list[Path]:
+    """Remove temporary files that killed runs left in ``directory`` (and its subfolders).
 
-    Args:
-        directory: an output or cache directory.
-        older_than: only remove temps whose last change is at least this many seconds ago
-            (so a run going on beside this one keeps its files).
+    A temp file is stale when the process named in its tag (:func:`make_tag`) is gone, or,
+    when that cannot be told (another host, an unknown tag), when it has not changed for
+    ``older_than`` seconds. A run going on beside this one keeps its files.
     """
     if not directory.is_dir():
         return []
+    host = socket.gethostname().replace(".", "_").replace("-", "_")
     now = time.time()
     removed = []
-    for tmp in directory.glob(f".*{TEMP_SUFFIX}"):
-        with suppress(FileNotFoundError):
-            if now - tmp.stat().st_mtime >= older_than:
+    for tmp in directory.rglob(f".*{TEMP_SUFFIX}"):
+        tag = tmp.name.removesuffix(TEMP_SUFFIX).rsplit(".", 1)[-1]
+        tag_host, _, rest = tag.partition("-")
+        pid = rest.partition("-")[0]
+        try:
+            if tag_host == host and pid.isdigit():
+                stale = not _alive(int(pid))
+            else:
+                stale = now - tmp.stat().st_mtime >= older_than
+            if stale:
                 tmp.unlink()
                 removed.append(tmp)
+        except FileNotFoundError:
+            continue
     return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's live process
+        return True
+    return True
 
 
 def manifest_bytes(manifest: dict[str, Any]) -> bytes:

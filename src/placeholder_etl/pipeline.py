@@ -12,7 +12,6 @@ import itertools
 import math
 import os
 import socket
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ import pandas as pd
 
 from placeholder_etl.client import ApiClient, ClientSettings, Page, Paging, ordered_map
 from placeholder_etl.errors import PermanentError
-from placeholder_etl.load import TEMP_SUFFIX, concat_files, fsync_file
+from placeholder_etl.load import TEMP_SUFFIX, concat_files, fsync_file, make_tag
 from placeholder_etl.resources import RESOURCE_NAMES
 from placeholder_etl.transform import (
     FLAT_COLUMNS,
@@ -168,7 +167,7 @@ def extract_chunk(
     settings = settings or ClientSettings()
     out_dir = parts_dir / spec.key
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = uuid.uuid4().hex[:12]
+    tag = make_tag()
     tables = TABLES[spec.resource]
     finals = {table: out_dir / f"{table}.csv" for table in tables}
     temps = {table: out_dir / f".{table}.csv.{tag}{TEMP_SUFFIX}" for table in tables}
