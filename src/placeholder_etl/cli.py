@@ -108,6 +108,10 @@ def run(
     report: Annotated[
         bool, typer.Option(help="Render report_<timestamp>.html from the report notebook.")
     ] = False,
+    keep_formulas: Annotated[
+        bool,
+        typer.Option(help="Keep text starting with = + - @ as is (default: prefix it with ')."),
+    ] = False,
     notify_webhook: Annotated[
         str | None,
         typer.Option(
@@ -155,6 +159,7 @@ def run(
         "cache_dir": str(cache_dir) if cache_dir else None,
         "cache_hours": cache_hours,
         "report": report,
+        "keep_formulas": keep_formulas,
     }
     raise typer.Exit(run_etl(api_url, params, bundled_users=bundled_users))
 

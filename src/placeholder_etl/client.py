@@ -24,6 +24,7 @@ from urllib3.util.retry import Retry
 
 from placeholder_etl.contract import check_records
 from placeholder_etl.errors import PermanentError, TransientError
+from placeholder_etl.redact import redact_url
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -141,13 +142,13 @@ class ApiClient:
             PermanentError: any other 4xx, a body that is not a JSON list, a contract breach.
         """
         url = self.page_url(resource, page, page_size, paging)
-        where = f"{resource} page {page} from {url}"
+        where = f"{resource} page {page} from {redact_url(url)}"
         response = self._get(url, where)
         records = _decode_list(response, where)
         checked = check_records(resource, records, where)
         total = _total_count(response, where)
         retries = len(response.raw.retries.history) if response.raw.retries else 0
-        return Page(resource, page, url, checked, total, retries)
+        return Page(resource, page, redact_url(url), checked, total, retries)
 
     def fetch_all(
         self, resource: str, page_size: int = 1000, paging: Paging = "page"
@@ -169,7 +170,7 @@ class ApiClient:
             PermanentError: ``users`` is empty (the seed refused to run on no users).
         """
         url = self.page_url(resource, 1, 1, paging)
-        where = f"{resource} count from {url}"
+        where = f"{resource} count from {redact_url(url)}"
         response = self._get(url, where)
         records = _decode_list(response, where)
         total = _total_count(response, where)

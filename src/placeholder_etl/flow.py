@@ -38,10 +38,11 @@ from placeholder_etl.cluster import (
     cluster_threads,
     dask_runner_kwargs,
 )
-from placeholder_etl.errors import is_transient
+from placeholder_etl.errors import PermanentError, is_transient
 from placeholder_etl.load import Staging, manifest_bytes, remove_stale_temps
 from placeholder_etl.notify import notify_failure
 from placeholder_etl.prefect_api import export_api_url
+from placeholder_etl.redact import redact_url
 from placeholder_etl.resources import RESOURCE_NAMES, resolve_resources
 from placeholder_etl.settings import default_cache_dir, local_slots
 
@@ -103,11 +104,15 @@ def count_records(api_url: str, resource: str, settings: ClientSettings, paging:
     **_RETRYING,
 )
 def extract_chunk_task(
-    spec: pipeline.ChunkSpec, parts_dir: str, settings: ClientSettings, in_flight: int
+    spec: pipeline.ChunkSpec,
+    parts_dir: str,
+    settings: ClientSettings,
+    in_flight: int,
+    keep_formulas: bool = False,
 ) -> dict[str, Any]:
     """Fetch a chunk of pages and write its part files; returns paths and counts."""
     started = time.perf_counter()
-    result = pipeline.extract_chunk(spec, Path(parts_dir), settings, in_flight)
+    result = pipeline.extract_chunk(spec, Path(parts_dir), settings, in_flight, keep_formulas)
     result["fetched_in"] = str(flow_run.get_id())
     get_run_logger().info(
         "%s: %d rows from %d pages in %.2f s (%d retries) on %s",
@@ -176,6 +181,7 @@ def pipeline_flow(
     cache_dir: str,
     cache_hours: float,
     report: bool,
+    keep_formulas: bool,
     run_id: str,
 ) -> dict[str, Any]:
     """Run the pipeline on the task runner this flow was given (see :func:`etl`)."""
@@ -213,17 +219,22 @@ def pipeline_flow(
         page_size,
         len(chunks),
     )
-    results = extractor.map(
-        chunks, unmapped(str(parts_dir)), unmapped(settings), unmapped(in_flight)
-    ).result()
-    results = _refetch_missing(extractor, chunks, results, str(parts_dir), settings, in_flight)
+    chunk_args = {
+        "parts_dir": str(parts_dir),
+        "settings": settings,
+        "in_flight": in_flight,
+        "keep_formulas": keep_formulas,
+    }
+    results = extractor.map(chunks, **{k: unmapped(v) for k, v in chunk_args.items()}).result()
+    results = _refetch_missing(extractor, chunks, results, chunk_args)
     extracted = time.perf_counter()
 
     staging = Staging(out)
     try:
         tables = _assemble(resources, chunks, results, staging)
+        _check_totals(totals, tables)
         manifest = {
-            "source": api_url,
+            "source": redact_url(api_url),
             "resources": resources,
             "flow_run_id": str(flow_run.get_root_flow_run_id() or flow_run.get_id()),
             "started": started_at,
@@ -274,14 +285,24 @@ def _pages(totals: dict[str, int | None], page_size: int) -> int:
     return sum(-(-(t or 0) // page_size) for t in totals.values())
 
 
-def _refetch_missing(extractor, chunks, results, parts_dir, settings, in_flight) -> list[dict]:
+def _check_totals(totals: dict[str, int | None], tables: dict[str, dict]) -> None:
+    """Every resource must hold as many distinct records as the API said it had."""
+    for resource, total in totals.items():
+        rows = tables[pipeline.TABLES[resource][0]]["rows"]
+        if total is not None and rows != total:
+            raise PermanentError(
+                f"{resource}: the API reported {total} records (X-Total-Count) but its pages "
+                f"held {rows} distinct records; the data changed during the run or the server "
+                "pages inconsistently, so nothing was written — run again"
+            )
+
+
+def _refetch_missing(extractor, chunks, results, chunk_args: dict[str, Any]) -> list[dict]:
     """Cached chunk results whose part files were deleted are fetched again."""
     for i, (spec, result) in enumerate(zip(chunks, results, strict=True)):
         if not all(Path(p).exists() for p in result["parts"].values()):
             get_run_logger().info("%s: cached parts are gone, fetching again", spec.label)
-            results[i] = extractor.with_options(refresh_cache=True)(
-                spec, parts_dir, settings, in_flight
-            )
+            results[i] = extractor.with_options(refresh_cache=True)(spec, **chunk_args)
     return results
 
 
@@ -423,6 +444,7 @@ def etl(
     cache_dir: str | None = None,
     cache_hours: float = 1.0,
     report: bool = False,
+    keep_formulas: bool = False,
 ) -> dict[str, Any]:
     """Download JSONPlaceholder resources, transform them with pandas, save CSV.
 
@@ -453,6 +475,8 @@ def etl(
         cache_dir: where fetched pages are kept (default ``~/.cache/placeholder-etl``).
         cache_hours: how long fetched pages stay valid.
         report: also render ``report_<timestamp>.html`` from ``notebooks/05-run-report.ipynb``.
+        keep_formulas: write text starting with ``=``, ``+``, ``-`` or ``@`` as it is; by
+            default it is prefixed with ``'`` so spreadsheets do not run it (CSV injection).
 
     Returns:
         The run manifest (also written as ``manifest_<timestamp>.json``).
@@ -492,5 +516,6 @@ def etl(
         cache_dir=str(Path(cache_dir).expanduser() if cache_dir else default_cache_dir()),
         cache_hours=cache_hours,
         report=report,
+        keep_formulas=keep_formulas,
         run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
     )

@@ -28,6 +28,7 @@ from placeholder_etl.transform import (
     SEED_COLUMNS,
     csv_header,
     flatten_records,
+    neutralise_formulas,
     summarize_activity,
     to_csv_rows,
     transform_users,
@@ -59,10 +60,12 @@ def table_header(table: str) -> bytes:
     return csv_header(FLAT_COLUMNS[table.removesuffix("_flat")])
 
 
-def _rows_for(table: str, page: Page) -> bytes:
+def _rows_for(table: str, page: Page, keep_formulas: bool = False) -> bytes:
     if table == "users":
-        return to_csv_rows(transform_users(page.records))
-    return to_csv_rows(flatten_records(page.resource, page.records))
+        frame = transform_users(page.records)
+    else:
+        frame = flatten_records(page.resource, page.records)
+    return to_csv_rows(frame if keep_formulas else neutralise_formulas(frame))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +153,12 @@ def extract_chunk(
     parts_dir: Path,
     settings: ClientSettings | None = None,
     in_flight: int = 16,
+    keep_formulas: bool = False,
 ) -> dict[str, Any]:
     """Fetch, check and transform a chunk of pages into one part file per output table.
+
+    Text that a spreadsheet would run as a formula is neutralised unless ``keep_formulas``
+    (:func:`~placeholder_etl.transform.neutralise_formulas`).
 
     Pages are fetched ``in_flight`` at a time and written in page order, so memory holds at
     most ``in_flight`` pages. Part files are written under temporary names and renamed when
@@ -165,7 +172,7 @@ def extract_chunk(
         TransientError, PermanentError: as :meth:`ApiClient.fetch_page`.
     """
     settings = settings or ClientSettings()
-    out_dir = parts_dir / spec.key
+    out_dir = parts_dir / (f"{spec.key}-raw" if keep_formulas else spec.key)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = make_tag()
     tables = TABLES[spec.resource]
@@ -185,7 +192,7 @@ def extract_chunk(
                 pages_read += 1
                 retries += page.retries
                 for table in tables:
-                    handles[table].write(_rows_for(table, page))
+                    handles[table].write(_rows_for(table, page, keep_formulas))
                 for record in page.records:
                     rid = record["id"]
                     if last_id is not None and rid <= last_id:

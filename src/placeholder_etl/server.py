@@ -86,11 +86,22 @@ FAULT_MODES: dict[str, str] = {
     "empty": "empty: list responses are [] with X-Total-Count: 0",
     "bad-utf8": "bad-utf8: 200 JSON body with invalid UTF-8 bytes in a string",
     "no-total": "no-total: no X-Total-Count nor Link header (clients must stop on a short page)",
+    "dup-ids": "dup-ids: every page but the first starts with the previous page's last record",
+    "total-lie": "total-lie[:N] (default 5): X-Total-Count claims N more records than exist",
+    "shrink": "shrink: pages after the first hold half their records (data shrinking mid-run)",
+    "huge": "huge[:BYTES] (default 1000000): each record's first text field is BYTES long",
+    "formula": "formula: text fields start with =, +, - or @ (CSV formula injection)",
+    "extra-field": "extra-field: every record carries an unexpected extra field",
 }
-_DEFAULT_ARGS: dict[str, float] = {"5xx": 2, "5xx-rate": 0.1, "429": 1, "slow": 1.0}
-_INT_ARGS = frozenset({"5xx", "429"})
+_DEFAULT_ARGS: dict[str, float] = {
+    "5xx": 2, "5xx-rate": 0.1, "429": 1, "slow": 1.0, "total-lie": 5, "huge": 1_000_000,
+}  # fmt: skip
+_INT_ARGS = frozenset({"5xx", "429", "total-lie", "huge"})
 _DRIFT_FIELD = {"users": "email", "comments": "email"}  # others lose "title"
-_BODY_FAULTS = frozenset({"malformed", "drift", "drift-type", "empty", "bad-utf8", "no-total"})
+_BODY_FAULTS = frozenset(
+    {"malformed", "drift", "drift-type", "empty", "bad-utf8", "no-total", "dup-ids",
+     "total-lie", "shrink", "huge", "formula", "extra-field"}
+)  # fmt: skip
 _EARLY_FAULTS = frozenset({"5xx", "5xx-rate", "429", "hang", "reset", "html"})
 
 
@@ -739,6 +750,24 @@ def _drift(resource: str | None, payload: Any, retype: bool) -> Any:
     return payload
 
 
+_FORMULAS = ('=HYPERLINK("http://evil.example")', "+1+1", "-2+3", "@SUM(A1:A2)")
+
+
+def _make_hostile(record: Record, plan: FaultPlan) -> None:
+    """Alter one record in place for the ``huge``, ``formula`` and ``extra-field`` faults."""
+    if plan.mode == "extra-field":
+        record["nickname"] = {"unexpected": True}
+        return
+    text_keys = [k for k, v in record.items() if isinstance(v, str)]
+    if not text_keys:
+        return
+    if plan.mode == "huge":
+        record[text_keys[0]] = "x" * int(plan.arg)
+    else:
+        formula = _FORMULAS[record.get("id", 0) % len(_FORMULAS)]
+        record[text_keys[0]] = formula + record[text_keys[0]]
+
+
 def _bad_utf8(body: bytes) -> bytes:
     """Put invalid UTF-8 bytes inside the first string value of a JSON body."""
     at = body.find(b'":"')
@@ -939,12 +968,30 @@ class _Handler(BaseHTTPRequestHandler):
         elif plan.mode == "no-total":
             for name in ("X-Total-Count", "Link", "Access-Control-Expose-Headers"):
                 headers.pop(name, None)
+        elif plan.mode == "total-lie" and "X-Total-Count" in headers:
+            headers["X-Total-Count"] = str(int(headers["X-Total-Count"]) + int(plan.arg))
+        elif isinstance(payload, list) and payload and resource is not None:
+            payload = self._hostile(plan, resource, payload)
         body = orjson.dumps(payload)
         if plan.mode == "malformed":
             body = body[: len(body) // 2]
         elif plan.mode == "bad-utf8":
             body = _bad_utf8(body)
         self.send_body(response.status, body, JSON_TYPE, headers)
+
+    def _hostile(self, plan: FaultPlan, resource: str, records: list[Record]) -> list[Record]:
+        """Odd but well-formed data: duplicates, shrinking pages, huge or formula-like text."""
+        first_id = records[0].get("id")
+        if plan.mode == "dup-ids":
+            if isinstance(first_id, int) and first_id > 1 and len(records) > 1:
+                return [self.server.data.get(resource, first_id - 1), *records]
+        elif plan.mode == "shrink":
+            if first_id != 1:
+                return records[: len(records) // 2]
+        elif plan.mode in ("huge", "formula", "extra-field"):
+            for record in records:
+                _make_hostile(record, plan)
+        return records
 
     def _hang(self) -> None:
         """Never answer: wait for shutdown (or the client hanging up), then drop."""

@@ -23,6 +23,7 @@ __all__ = [
     "SEED_COLUMNS",
     "csv_header",
     "flatten_records",
+    "neutralise_formulas",
     "summarize_activity",
     "to_csv_rows",
     "transform_users",
@@ -163,6 +164,31 @@ def summarize_activity(
     ratio = summary["todos_done"] / summary["todos"].where(summary["todos"] > 0)
     summary["todos_done_ratio"] = ratio.fillna(0.0).round(4)
     return summary.sort_index().reset_index(drop=True)[list(ACTIVITY_COLUMNS)]
+
+
+FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
+    """Prefix text that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) with ``'``.
+
+    CSV formula injection: a cell such as ``=HYPERLINK(...)`` opened in Excel or LibreOffice
+    runs. Only text columns change; numbers (a negative latitude) stay numbers.
+    """
+    text = [
+        c
+        for c in frame.columns
+        if frame[c].dtype == object or pd.api.types.is_string_dtype(frame[c])
+    ]
+    if not text:
+        return frame
+    out = frame.copy()
+    for column in text:
+        values = out[column]
+        risky = values.str.startswith(FORMULA_PREFIXES, na=False)
+        if risky.any():
+            out[column] = values.where(~risky, "'" + values)
+    return out
 
 
 def csv_header(columns: Iterable[str]) -> bytes:

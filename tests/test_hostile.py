@@ -1,0 +1,110 @@
+"""Hostile and odd input: each case has a documented behaviour (README "Guarantees")."""
+
+from __future__ import annotations
+
+import logging
+
+import pandas as pd
+import pytest
+
+from placeholder_etl.errors import PermanentError
+from placeholder_etl.flow import etl
+from placeholder_etl.redact import redact_url
+from placeholder_etl.server import make_server
+from placeholder_etl.transform import neutralise_formulas
+
+from .conftest import snapshot
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+
+def run(server, tmp_path, **params) -> dict:
+    options = {"runner": "local", "page_size": 10, "pages_per_task": 1, "use_cache": False,
+               "cache_dir": str(tmp_path / "cache"), "output_dir": str(tmp_path / "out")}  # fmt: skip
+    return etl(api_url=server.url, **options | params)
+
+
+def seed_table(tmp_path, manifest) -> pd.DataFrame:
+    return pd.read_csv(tmp_path / "out" / manifest["tables"]["users"]["file"], dtype=str)
+
+
+def test_duplicate_ids_across_pages_are_dropped(tmp_path, caplog) -> None:
+    caplog.set_level(logging.WARNING)
+    with make_server(users=25, fault="dup-ids") as server:
+        manifest = run(server, tmp_path)
+    users = seed_table(tmp_path, manifest)
+    assert users["ID"].astype(int).tolist() == list(range(1, 26))
+    assert manifest["tables"]["users"]["rows"] == 25
+    assert manifest["tables"]["users_flat"]["rows"] == 25
+    assert "ids out of order or repeated" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("fault", "held"), [("total-lie:3", "held 25 distinct"), ("shrink", "held 17 distinct")]
+)
+def test_counts_that_disagree_with_the_pages_fail_and_write_nothing(tmp_path, fault, held):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "users_20200101T000000Z.csv").write_text("ID\n1\n")
+    before = snapshot(out)
+    with make_server(users=25, fault=fault) as server:
+        with pytest.raises(PermanentError, match=r"users: the API reported \d+ records") as err:
+            run(server, tmp_path)
+    assert held in str(err.value)
+    assert snapshot(out) == before
+
+
+def test_huge_field_values_arrive_whole(tmp_path) -> None:
+    with make_server(users=12, fault="huge:300000") as server:
+        manifest = run(server, tmp_path)
+    users = seed_table(tmp_path, manifest)
+    assert users["Name"].str.len().tolist() == [300_000] * 12
+
+
+def test_unexpected_extra_fields_are_allowed_and_dropped(tmp_path) -> None:
+    with make_server(users=12, fault="extra-field") as server:
+        manifest = run(server, tmp_path)
+    flat = pd.read_csv(tmp_path / "out" / manifest["tables"]["users_flat"]["file"])
+    assert "nickname" not in "".join(flat.columns)
+    assert len(flat) == 12
+
+
+def test_formulas_are_neutralised_by_default(tmp_path) -> None:
+    with make_server(users=12, fault="formula") as server:
+        manifest = run(server, tmp_path)
+    names = seed_table(tmp_path, manifest)["Name"]
+    assert names.str.startswith("'").all()
+    assert {n[1] for n in names} == {"=", "+", "-", "@"}
+
+
+def test_formulas_can_be_kept_raw(tmp_path) -> None:
+    with make_server(users=12, fault="formula") as server:
+        manifest = run(server, tmp_path, keep_formulas=True)
+    names = seed_table(tmp_path, manifest)["Name"]
+    assert {n[0] for n in names} == {"=", "+", "-", "@"}
+
+
+def test_neutralise_leaves_numbers_and_ordinary_text() -> None:
+    frame = pd.DataFrame({"lat": [-37.3], "name": ["-x"], "ok": ["Leanne"], "n": [5]})
+    out = neutralise_formulas(frame)
+    assert out.to_dict("records") == [{"lat": -37.3, "name": "'-x", "ok": "Leanne", "n": 5}]
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path) -> None:
+    (tmp_path / "out").write_text("not a directory")
+    with make_server(users=3) as server, pytest.raises(NotADirectoryError, match="is a file"):
+        run(server, tmp_path)
+
+
+def test_credentials_in_the_api_url_never_reach_outputs(tmp_path, caplog) -> None:
+    caplog.set_level(logging.INFO)
+    with make_server(users=3) as server:
+        url = server.url.replace("http://", "http://etl:hunter2@") + "/?api_key=s3cr3t"
+        url = url.replace("/?api_key=s3cr3t", "")
+        manifest = etl(api_url=url, runner="local", output_dir=str(tmp_path / "out"),
+                       use_cache=False, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+    written = "".join(p.read_text() for p in (tmp_path / "out").iterdir())
+    assert "hunter2" not in written
+    assert "hunter2" not in caplog.text
+    assert manifest["source"].startswith("http://etl:***@127.0.0.1:")
+    assert redact_url("http://h/x?token=abc&_page=2") == "http://h/x?token=***&_page=2"
