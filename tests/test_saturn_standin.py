@@ -369,3 +369,26 @@ def test_prefect_dask_task_runner_on_saturn_cluster(dask_tcp: Dask, saturn_env) 
     assert create.json == SIZES
     assert len(standin.calls("POST", f"{standin.cluster_path}/close")) == 1
     assert standin.status == "closed"
+
+
+@pytest.mark.usefixtures("prefect_api_url")
+def test_the_etl_flow_runs_on_saturn_by_default_inside_saturn(
+    dask_tcp: Dask, saturn_env, tmp_path: Path
+) -> None:
+    """Inside a Saturn resource (SATURN_BASE_URL set) `--runner dask` means SaturnCluster."""
+    from placeholder_etl.flow import etl
+    from placeholder_etl.server import make_server
+
+    with make_server(users=12) as api, saturn_api(dask_tcp.address, TOKEN) as standin:
+        saturn_env(standin)
+        manifest = etl(
+            api_url=api.url, output_dir=str(tmp_path / "out"), runner="dask",
+            dask_workers=1, dask_worker_size="large", dask_scheduler_size="large",
+            use_cache=False, cache_dir=str(tmp_path / "cache"),
+        )  # fmt: skip
+    assert manifest["workers"] == [dask_tcp.worker_address]
+    assert manifest["tables"]["users"]["rows"] == 12
+    assert_authorized(standin)
+    [create] = standin.calls("POST", "/api/dask_clusters")
+    assert create.json["n_workers"] == 1
+    assert create.json["worker_size"] == "large"
