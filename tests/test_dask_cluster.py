@@ -166,3 +166,17 @@ def test_saturn_is_the_default_inside_saturn(monkeypatch) -> None:
     assert dask_runner_kwargs()["cluster_class"] == "dask_saturn.SaturnCluster"
     monkeypatch.delenv("SATURN_BASE_URL")
     assert dask_runner_kwargs()["cluster_class"] == "distributed.LocalCluster"
+
+
+def test_workers_on_other_machines_ship_their_parts_back(api, tmp_path, cluster, monkeypatch):
+    """Workers that share no disk with the flow return their part files in the result."""
+    address, _ = cluster
+    monkeypatch.setenv("PLACEHOLDER_ETL_SHIP_PARTS", "1")  # every worker counts as remote
+    common = {"api_url": api.url, "page_size": 5, "pages_per_task": 2,
+              "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    shipped = etl(output_dir=str(tmp_path / "dask"), runner="dask", dask_address=address,
+                  **common)  # fmt: skip
+    monkeypatch.delenv("PLACEHOLDER_ETL_SHIP_PARTS")
+    local = etl(output_dir=str(tmp_path / "local"), runner="local", use_cache=False, **common)
+    assert shipped["tables"]["users"]["sha256"] == local["tables"]["users"]["sha256"]
+    assert shipped["tables"]["users_flat"]["sha256"] == local["tables"]["users_flat"]["sha256"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import socket
 import sys
 import time
 import uuid
@@ -109,10 +110,16 @@ def extract_chunk_task(
     settings: ClientSettings,
     in_flight: int,
     keep_formulas: bool = False,
+    flow_host: str = "",
 ) -> dict[str, Any]:
-    """Fetch a chunk of pages and write its part files; returns paths and counts."""
+    """Fetch a chunk of pages and write its part files; returns paths and counts.
+
+    On a worker on another machine than the flow (``flow_host``) the parts travel back
+    compressed in the result (see :func:`placeholder_etl.pipeline.ship_parts`).
+    """
     started = time.perf_counter()
     result = pipeline.extract_chunk(spec, Path(parts_dir), settings, in_flight, keep_formulas)
+    result = pipeline.ship_parts(result, flow_host)
     result["fetched_in"] = str(flow_run.get_id())
     get_run_logger().info(
         "%s: %d rows from %d pages in %.2f s (%d retries) on %s",
@@ -224,8 +231,11 @@ def pipeline_flow(
         "settings": settings,
         "in_flight": in_flight,
         "keep_formulas": keep_formulas,
+        # PLACEHOLDER_ETL_SHIP_PARTS=1 ships parts as if every worker were remote (tests)
+        "flow_host": "" if os.environ.get("PLACEHOLDER_ETL_SHIP_PARTS") else socket.gethostname(),
     }
     results = extractor.map(chunks, **{k: unmapped(v) for k, v in chunk_args.items()}).result()
+    results = [pipeline.receive_parts(r, parts_dir) for r in results]
     results = _refetch_missing(extractor, chunks, results, chunk_args)
     extracted = time.perf_counter()
 
@@ -302,12 +312,17 @@ def _refetch_missing(extractor, chunks, results, chunk_args: dict[str, Any]) -> 
     for i, (spec, result) in enumerate(zip(chunks, results, strict=True)):
         if not all(Path(p).exists() for p in result["parts"].values()):
             get_run_logger().info("%s: cached parts are gone, fetching again", spec.label)
-            results[i] = extractor.with_options(refresh_cache=True)(spec, **chunk_args)
+            fresh = extractor.with_options(refresh_cache=True)(spec, **chunk_args)
+            results[i] = pipeline.receive_parts(fresh, Path(chunk_args["parts_dir"]))
     return results
 
 
 def _assemble(resources, chunks, results, staging: Staging) -> dict[str, dict]:
-    """Join part files into staged tables; add the activity summary when all are there."""
+    """Join part files into staged tables; add the activity summary when all are there.
+
+    These tasks run in the flow's own process (they are called, not submitted), because the
+    output dir is on the flow's machine, which a remote Dask worker cannot write to.
+    """
     jobs = []
     for resource in resources:
         mine = [r for spec, r in zip(chunks, results, strict=True) if spec.resource == resource]
@@ -318,10 +333,7 @@ def _assemble(resources, chunks, results, staging: Staging) -> dict[str, dict]:
         for table in pipeline.TABLES[resource]:
             dest = staging.temp_path(table)
             jobs.append((table, [r["parts"][table] for r in mine], str(dest), rows, ordered))
-    futures = assemble_table_task.map(*(list(column) for column in zip(*jobs, strict=True)))
-    tables = {}
-    for (table, _, dest, _, _), info in zip(jobs, futures.result(), strict=True):
-        tables[table] = {**info, "staged": dest}
+    tables = {job[0]: {**assemble_table_task(*job), "staged": job[2]} for job in jobs}
     if set(resources) == set(RESOURCE_NAMES):
         flat = {t: tables[t]["staged"] for t in ("users_flat", *RESOURCE_NAMES[1:])}
         dest = staging.temp_path(pipeline.ACTIVITY_TABLE)

@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import socket
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ import pandas as pd
 
 from placeholder_etl.client import ApiClient, ClientSettings, Page, Paging, ordered_map
 from placeholder_etl.errors import PermanentError
-from placeholder_etl.load import TEMP_SUFFIX, concat_files, fsync_file, make_tag
+from placeholder_etl.load import TEMP_SUFFIX, atomic_write, concat_files, fsync_file, make_tag
 from placeholder_etl.resources import RESOURCE_NAMES
 from placeholder_etl.transform import (
     FLAT_COLUMNS,
@@ -222,6 +223,35 @@ def extract_chunk(
         "retries": retries,
         "worker": worker_name(),
     }
+
+
+def ship_parts(result: dict[str, Any], flow_host: str) -> dict[str, Any]:
+    """On a worker on another machine than the flow, put the part files in the result.
+
+    Workers on the flow's own machine return paths only (the data stays on disk). A worker
+    elsewhere (Saturn Cloud, a remote cluster) cannot share its disk, so it returns its parts
+    zlib-compressed; :func:`receive_parts` writes them beside the flow.
+    """
+    if socket.gethostname() == flow_host:
+        return result
+    packed = {table: zlib.compress(Path(p).read_bytes(), 1) for table, p in result["parts"].items()}
+    return {**result, "packed": packed}
+
+
+def receive_parts(result: dict[str, Any], parts_dir: Path) -> dict[str, Any]:
+    """Write shipped part files (see :func:`ship_parts`) under ``parts_dir``; return paths."""
+    packed = result.get("packed")
+    if not packed:
+        return result
+    parts = {}
+    for table, data in packed.items():
+        remote = Path(result["parts"][table])
+        local = parts_dir / remote.parent.name / remote.name
+        local.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(local) as handle:
+            handle.write(zlib.decompress(data))
+        parts[table] = str(local)
+    return {key: value for key, value in result.items() if key != "packed"} | {"parts": parts}
 
 
 def check_chunks(resource: str, chunks: Sequence[Mapping[str, Any]]) -> bool:
