@@ -180,3 +180,36 @@ def test_workers_on_other_machines_ship_their_parts_back(api, tmp_path, cluster,
     local = etl(output_dir=str(tmp_path / "local"), runner="local", use_cache=False, **common)
     assert shipped["tables"]["users"]["sha256"] == local["tables"]["users"]["sha256"]
     assert shipped["tables"]["users_flat"]["sha256"] == local["tables"]["users_flat"]["sha256"]
+
+
+def test_a_worker_killed_mid_run_loses_no_rows(tmp_path) -> None:
+    """SIGKILL one of two workers while tasks run: Dask reruns its tasks on the other one."""
+    from placeholder_etl.server import make_server
+
+    address, processes = start_cluster(tmp_path, workers=2)
+    scheduler, first_worker = processes[0], processes[1]
+    try:
+        with make_server(users=3000, latency=0.1) as server:
+            import threading
+
+            def kill_when_busy() -> None:
+                deadline = time.monotonic() + 60
+                while server.stats()["requests"] < 8 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                os.killpg(first_worker.pid, signal.SIGKILL)  # the nanny and its worker
+                at_kill.append(server.stats()["requests"])
+
+            at_kill: list[int] = []
+            killer = threading.Thread(target=kill_when_busy)
+            killer.start()
+            manifest = etl(api_url=server.url, output_dir=str(tmp_path / "out"), runner="dask",
+                           dask_address=address, page_size=100, pages_per_task=3, in_flight=2,
+                           use_cache=False, cache_dir=str(tmp_path / "cache"))  # fmt: skip
+            killer.join()
+        assert first_worker.poll() is not None
+        assert at_kill[0] < 31  # it died mid-run: a count and 30 pages were needed
+        users = (tmp_path / "out" / manifest["tables"]["users"]["file"]).read_text()
+        ids = [int(line.split(",", 1)[0]) for line in users.splitlines()[1:]]
+        assert ids == list(range(1, 3001))  # every row, once, in order
+    finally:
+        _stop([scheduler, *processes[1:]])
