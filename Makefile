@@ -16,7 +16,7 @@ PLACEHOLDER_ETL_REPO ?= https://github.com/placeholder-etl/placeholder-etl.git
 export PLACEHOLDER_ETL_HOME := $(CURDIR)
 export PLACEHOLDER_ETL_REPO
 
-.PHONY: help install run test lint format serve-api lab strip-notebooks server deploy worker serve automation clean
+.PHONY: help install run test lint format serve-api lab strip-notebooks server deploy worker serve automation bench bench-quick soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -73,6 +73,15 @@ serve: $(STAMP) ## Run flow.serve with the daily schedule in this process (needs
 
 automation: $(STAMP) ## Install the server-side failure notification (PLACEHOLDER_ETL_NOTIFY_WEBHOOK)
 	$(BIN)/placeholder-etl setup-alerts
+
+bench: $(STAMP) ## Benchmark the flow against the plain script (writes benchmarks/RESULTS.md)
+	$(BIN)/python benchmarks/bench.py
+
+bench-quick: $(STAMP) ## A quick benchmark (10 and 10,000 users, one run)
+	$(BIN)/python benchmarks/bench.py --quick
+
+soak: $(STAMP) ## 50 runs against a flaky API (10 % 503s, random latency); writes benchmarks/SOAK.md
+	$(BIN)/python benchmarks/soak.py --runs 50
 
 clean: ## Remove caches and build files (keeps .venv and output/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info
