@@ -179,4 +179,4 @@ def test_a_failing_report_keeps_the_data_and_says_so(tmp_path) -> None:
     assert "RuntimeError: chart library missing" in last
     assert len(list(out.glob("users_[0-9]*.csv"))) == 1
     assert list(out.glob("report_*")) == []
-    assert list(out.glob(".*")) == []
+    assert list(out.glob(".*.tmp")) == []

@@ -88,8 +88,13 @@ _RETRYING: dict[str, Any] = {
     timeout_seconds=600,
     **_RETRYING,
 )
-def count_records(api_url: str, resource: str, settings: ClientSettings, paging: Paging) -> Any:
-    """How many records ``resource`` has (None when the server does not say)."""
+def count_records(
+    api_url: str, resource: str, settings: ClientSettings, paging: Paging, cache_dir: str
+) -> Any:
+    """How many records ``resource`` has (None when the server does not say).
+
+    ``cache_dir`` is only part of the cache key: a fresh ``--cache-dir`` is a fresh cache.
+    """
     with ApiClient(api_url, settings) as client:
         total = client.count(resource, 1, paging)
     get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
@@ -215,7 +220,9 @@ def pipeline_flow(
     counter = count_records.with_options(**options)
     extractor = extract_chunk_task.with_options(**options)
 
-    totals_futures = counter.map(unmapped(api_url), resources, unmapped(settings), unmapped(paging))
+    totals_futures = counter.map(
+        unmapped(api_url), resources, unmapped(settings), unmapped(paging), unmapped(cache_dir)
+    )
     totals = dict(zip(resources, totals_futures.result(), strict=True))
     counted = time.perf_counter()
     per_task = pages_per_task or pipeline.auto_pages_per_chunk(totals, page_size, slots)
