@@ -161,3 +161,31 @@ def test_contract_names_record_and_field(record, message) -> None:
         check_records("users", [LEANNE, record], where="users page 3 from http://x/users")
     assert str(caught.value).startswith("users page 3 from http://x/users: ")
     assert message in str(caught.value)
+
+
+def _reference_flatten(record: dict, prefix: str = "") -> dict:
+    """The obvious definition: every leaf, its path joined with _, camelCase to snake_case."""
+    import re
+
+    flat = {}
+    for key, value in record.items():
+        name = prefix + re.sub(r"(?<=[a-z0-9])([A-Z])", r"_\1", key).lower()
+        if isinstance(value, dict):
+            flat.update(_reference_flatten(value, name + "_"))
+        else:
+            flat[name] = value
+    return flat
+
+
+@pytest.mark.parametrize("resource", list(FLAT_COLUMNS))
+def test_flatten_matches_the_obvious_definition(resource) -> None:
+    from placeholder_etl.fakedata import make_records
+
+    records = make_records(resource, 1, 40, seed=3)
+    expected = pd.DataFrame([_reference_flatten(r) for r in records])
+    for column in ("address_geo_lat", "address_geo_lng"):
+        if column in expected:
+            expected[column] = expected[column].astype(float)
+    frame = flatten_records(resource, records)
+    assert list(frame.columns) == list(expected.columns)
+    assert frame.to_csv(index=False) == expected.to_csv(index=False)
