@@ -216,80 +216,83 @@ def pipeline_flow(
     else:
         options["cache_policy"] = NO_CACHE
         parts_dir = parts_dir / f"run-{run_id}"
-    slots = _prepare_workers(slots)
-    counter = count_records.with_options(**options)
-    extractor = extract_chunk_task.with_options(**options)
-
-    totals_futures = counter.map(
-        unmapped(api_url), resources, unmapped(settings), unmapped(paging), unmapped(cache_dir)
-    )
-    totals = dict(zip(resources, totals_futures.result(), strict=True))
-    counted = time.perf_counter()
-    per_task = pages_per_task or pipeline.auto_pages_per_chunk(totals, page_size, slots)
-    chunks = pipeline.plan_chunks(api_url, totals, page_size, per_task, paging)
-    logger.info(
-        "%d pages of up to %d records in %d tasks",
-        _pages(totals, page_size),
-        page_size,
-        len(chunks),
-    )
-    chunk_args = {
-        "parts_dir": str(parts_dir),
-        "settings": settings,
-        "in_flight": in_flight,
-        "keep_formulas": keep_formulas,
-        # PLACEHOLDER_ETL_SHIP_PARTS=1 ships parts as if every worker were remote (tests)
-        "flow_host": "" if os.environ.get("PLACEHOLDER_ETL_SHIP_PARTS") else socket.gethostname(),
-    }
-    results = extractor.map(chunks, **{k: unmapped(v) for k, v in chunk_args.items()}).result()
-    results = [pipeline.receive_parts(r, parts_dir) for r in results]
-    results = _refetch_missing(extractor, chunks, results, chunk_args)
-    extracted = time.perf_counter()
-
-    staging = Staging(out)
     try:
-        tables = _assemble(resources, chunks, results, staging)
-        _check_totals(totals, tables)
-        manifest = {
-            "source": redact_url(api_url),
-            "resources": resources,
-            "flow_run_id": str(flow_run.get_root_flow_run_id() or flow_run.get_id()),
-            "started": started_at,
-            "tables": tables,
-            "chunks": len(chunks),
-            "pages": sum(r["pages"] for r in results),
-            "contract": {
-                "records_checked": {
-                    resource: sum(r["rows"] for r in results if r["resource"] == resource)
-                    for resource in resources
-                },
-                "breaches": 0,  # any breach fails the run before this point
-            },
-            "cached_chunks": sum(r["fetched_in"] != str(flow_run.get_id()) for r in results),
-            "retries": sum(r["retries"] for r in results),
-            "workers": sorted({r["worker"] for r in results}),
-            "timings": {
-                "count_s": round(counted - started, 3),
-                "extract_s": round(extracted - counted, 3),
-                "load_s": round(time.perf_counter() - extracted, 3),
-                "total_s": round(time.perf_counter() - started, 3),
-            },
+        slots = _prepare_workers(slots)
+        counter = count_records.with_options(**options)
+        extractor = extract_chunk_task.with_options(**options)
+
+        totals_futures = counter.map(
+            unmapped(api_url), resources, unmapped(settings), unmapped(paging), unmapped(cache_dir)
+        )
+        totals = dict(zip(resources, totals_futures.result(), strict=True))
+        counted = time.perf_counter()
+        per_task = pages_per_task or pipeline.auto_pages_per_chunk(totals, page_size, slots)
+        chunks = pipeline.plan_chunks(api_url, totals, page_size, per_task, paging)
+        logger.info(
+            "%d pages of up to %d records in %d tasks",
+            _pages(totals, page_size),
+            page_size,
+            len(chunks),
+        )
+        chunk_args = {
+            "parts_dir": str(parts_dir),
+            "settings": settings,
+            "in_flight": in_flight,
+            "keep_formulas": keep_formulas,
+            # PLACEHOLDER_ETL_SHIP_PARTS=1 ships parts as if every worker were remote (tests)
+            "flow_host": ""
+            if os.environ.get("PLACEHOLDER_ETL_SHIP_PARTS")
+            else socket.gethostname(),
         }
+        results = extractor.map(chunks, **{k: unmapped(v) for k, v in chunk_args.items()}).result()
+        results = [pipeline.receive_parts(r, parts_dir) for r in results]
+        results = _refetch_missing(extractor, chunks, results, chunk_args)
+        extracted = time.perf_counter()
 
-        def finish(stamp: str) -> bytes:
-            """Called under the output dir's lock with the stamp the files get."""
-            manifest["created"] = stamp
-            for table, info in tables.items():
-                info["file"] = f"{table}_{stamp}.csv"
-            manifest["timings"]["total_s"] = round(time.perf_counter() - started, 3)
-            return manifest_bytes(manifest)
+        staging = Staging(out)
+        try:
+            tables = _assemble(resources, chunks, results, staging)
+            _check_totals(totals, tables)
+            manifest = {
+                "source": redact_url(api_url),
+                "resources": resources,
+                "flow_run_id": str(flow_run.get_root_flow_run_id() or flow_run.get_id()),
+                "started": started_at,
+                "tables": tables,
+                "chunks": len(chunks),
+                "pages": sum(r["pages"] for r in results),
+                "contract": {
+                    "records_checked": {
+                        resource: sum(r["rows"] for r in results if r["resource"] == resource)
+                        for resource in resources
+                    },
+                    "breaches": 0,  # any breach fails the run before this point
+                },
+                "cached_chunks": sum(r["fetched_in"] != str(flow_run.get_id()) for r in results),
+                "retries": sum(r["retries"] for r in results),
+                "workers": sorted({r["worker"] for r in results}),
+                "timings": {
+                    "count_s": round(counted - started, 3),
+                    "extract_s": round(extracted - counted, 3),
+                    "load_s": round(time.perf_counter() - extracted, 3),
+                    "total_s": round(time.perf_counter() - started, 3),
+                },
+            }
 
-        stamp = staging.commit(finish)
-    except BaseException:
-        staging.abort()
-        raise
+            def finish(stamp: str) -> bytes:
+                """Called under the output dir's lock with the stamp the files get."""
+                manifest["created"] = stamp
+                for table, info in tables.items():
+                    info["file"] = f"{table}_{stamp}.csv"
+                manifest["timings"]["total_s"] = round(time.perf_counter() - started, 3)
+                return manifest_bytes(manifest)
+
+            stamp = staging.commit(finish)
+        except BaseException:
+            staging.abort()
+            raise
     finally:
-        if not use_cache:
+        if not use_cache:  # this run's own parts, kept by no cache
             shutil.rmtree(parts_dir, ignore_errors=True)
     manifest["manifest"] = str(out / f"manifest_{stamp}.json")
     _publish(manifest)
