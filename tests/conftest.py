@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import pytest
 
 # Before Prefect is imported anywhere: keep the suite away from the user's ~/.prefect and
 # telemetry, and never talk to a Prefect API configured outside the tests.
-_HOME = Path(os.environ.get("PYTEST_PREFECT_HOME", "/tmp/placeholder-etl-tests-prefect"))
+_HOME = Path(
+    os.environ.get("PYTEST_PREFECT_HOME") or tempfile.mkdtemp(prefix="placeholder-etl-prefect-")
+)
 os.environ["PREFECT_HOME"] = str(_HOME)
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.pop("PREFECT_API_URL", None)
