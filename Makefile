@@ -25,7 +25,8 @@ help: ## List the targets
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip install -q --python $(BIN)/python -e '.[dev]'
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python -e '.[dev]'
+	$(BIN)/python -m compileall -q src flows  # bytecode even where PYTHONDONTWRITEBYTECODE is set
 	@touch $@
 
 install: $(STAMP) ## Create .venv (if missing) and install the package with its dev extra

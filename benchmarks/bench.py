@@ -1,0 +1,1357 @@
+"""Benchmark the Prefect flow against the plain script, side by side, in one process.
+
+For each (users, latency) cell the harness starts the bundled API server, then runs the plain
+script (``benchmarks/plain.py``) and the flow (``placeholder-etl run``, default settings: Dask
+runner, against a Prefect server the harness started once) as subprocesses, alternating which
+goes first. Each run is timed (wall clock) and its process tree polled every ~50 ms for RSS:
+the peak of the largest single process and the peak of the sum. Both users CSVs must have N
+data rows and be byte-identical. See ``benchmarks/README.md``.
+
+Usage::
+
+    .venv/bin/python benchmarks/bench.py                 # the full matrix, 3 runs each
+    .venv/bin/python benchmarks/bench.py --quick         # 10 and 10,000 users, 1 run
+    .venv/bin/python benchmarks/bench.py --fixed-costs   # plus import/server/cluster costs
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import itertools
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PLAIN = HERE / "plain.py"
+PYTHON = Path(sys.executable)
+MIB = 1024 * 1024
+
+DEFAULT_MATRIX: tuple[tuple[int, float], ...] = (
+    (10, 0.0),
+    (10_000, 0.0),
+    (100_000, 0.0),
+    (1_000_000, 0.0),
+    (10_000, 0.2),
+    (100_000, 0.2),
+)
+QUICK_SIZES = (10, 10_000)
+GROWTH_SIZES = (10_000, 100_000, 1_000_000)
+
+#: Variables that would change what the flow does (or where it looks) if inherited.
+SCRUBBED_ENV = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_PROFILE",
+    "PLACEHOLDER_ETL_API_URL",
+    "PLACEHOLDER_ETL_OUTPUT_DIR",
+    "PLACEHOLDER_ETL_CACHE_DIR",
+    "PLACEHOLDER_ETL_NOTIFY_WEBHOOK",
+    "DASK_SCHEDULER_ADDRESS",
+    "SATURN_BASE_URL",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A performance target of the issue: flow time ≤ ``max_ratio`` x plain (and memory)."""
+
+    label: str
+    users: int
+    latency: float
+    max_ratio: float
+    max_peak_mib: float | None = None
+
+    def describe(self) -> str:
+        """``flow ≤ 1.5x plain`` (and ``, largest process < 512 MiB``)."""
+        text = f"flow ≤ {self.max_ratio:g}x plain"
+        if self.max_peak_mib is not None:
+            text += f", largest process < {self.max_peak_mib:g} MiB"
+        return text
+
+
+TARGETS = (
+    Target("100k @0 ms", 100_000, 0.0, 1.5),
+    Target("100k @200 ms", 100_000, 0.2, 0.15),
+    Target("1M @0 ms", 1_000_000, 0.0, 0.6, 512),
+)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+@dataclass
+class Measured:
+    """One subprocess run: wall time, memory of its process tree, CPU, output."""
+
+    wall_s: float
+    peak_mib: float
+    peak_sum_mib: float
+    peak_proc: str
+    procs: int
+    cpu_s: float
+    busy_s: float
+    returncode: int
+    stdout: str
+    stderr: str
+    started_at: float
+    leftovers: int = 0
+
+
+class _Sampler(threading.Thread):
+    """Poll the RSS of a process and all its descendants until stopped."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        super().__init__(name="rss-sampler", daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.stopping = threading.Event()
+        self.peak = 0
+        self.peak_sum = 0
+        self.peak_proc = ""
+        self.seen: set[int] = set()
+
+    def run(self) -> None:
+        try:
+            root = psutil.Process(self.pid)
+        except psutil.NoSuchProcess:
+            return
+        while True:
+            self.sample(root)
+            if self.stopping.wait(self.interval):
+                return
+
+    def sample(self, root: psutil.Process) -> None:
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return
+        total = 0
+        for proc in procs:
+            try:
+                rss = proc.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            self.seen.add(proc.pid)
+            total += rss
+            if rss > self.peak:
+                self.peak = rss
+                self.peak_proc = _describe(proc, root)
+        self.peak_sum = max(self.peak_sum, total)
+
+
+def _describe(proc: psutil.Process, root: psutil.Process) -> str:
+    """A short name for a process of the tree: ``main``, ``dask-worker``, ``uvicorn``, …"""
+    if proc.pid == root.pid:
+        return "main"
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return "child"
+    if "multiprocessing" in cmdline:
+        return "dask-worker"
+    if "uvicorn" in cmdline:
+        return "prefect-server"
+    if "serve-api" in cmdline:
+        return "api-server"
+    return "child"
+
+
+def _busy_cpu() -> float:
+    """CPU seconds the whole machine spent not idle (all cores) since boot."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover - someone else's group
+        return True
+    return True
+
+
+def stop_group(proc: subprocess.Popen[Any], grace: float = 10.0) -> int:
+    """SIGTERM the process group of ``proc`` (SIGKILL after ``grace`` s); reap ``proc``.
+
+    Returns:
+        How many processes of the group were still alive after the leader had exited
+        (leftovers the program under test failed to clean up), 0 when none.
+    """
+    pgid = proc.pid
+    leftovers = 0
+    if proc.poll() is not None:  # give exiting children a moment before counting them
+        deadline = time.monotonic() + 3
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if proc.poll() is not None and _group_alive(pgid):
+        leftovers = sum(1 for p in psutil.process_iter(["pid"]) if _pgid(p.info["pid"]) == pgid)
+    if proc.poll() is None or _group_alive(pgid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.1)
+        if _group_alive(pgid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+    return leftovers
+
+
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def measure(
+    cmd: Sequence[str], env: dict[str, str], timeout: float, interval: float = 0.05
+) -> Measured:
+    """Run ``cmd`` in its own process group; time it and poll its tree's memory.
+
+    CPU time is that of the whole tree (``RUSAGE_CHILDREN``: every descendant that was
+    reaped); ``busy_s`` is the whole machine's non-idle CPU time meanwhile.
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        busy_before = _busy_cpu()
+        started_at = time.time()
+        started = time.perf_counter()
+        proc = subprocess.Popen(
+            list(cmd),
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=err,
+            start_new_session=True,
+        )
+        sampler = _Sampler(proc.pid, interval)
+        sampler.start()
+        try:
+            try:
+                returncode = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                returncode = -9
+                err.write(f"\nbench: killed after {timeout:.0f} s\n".encode())
+            wall = time.perf_counter() - started
+        finally:
+            sampler.stopping.set()
+            sampler.join()
+            leftovers = stop_group(proc)
+        busy = _busy_cpu() - busy_before
+        cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        out.seek(0)
+        err.seek(0)
+        return Measured(
+            wall_s=wall,
+            peak_mib=sampler.peak / MIB,
+            peak_sum_mib=sampler.peak_sum / MIB,
+            peak_proc=sampler.peak_proc,
+            procs=len(sampler.seen),
+            cpu_s=(cpu_after.ru_utime + cpu_after.ru_stime)
+            - (cpu_before.ru_utime + cpu_before.ru_stime),
+            busy_s=busy,
+            returncode=returncode,
+            stdout=out.read().decode("utf-8", "replace"),
+            stderr=err.read().decode("utf-8", "replace"),
+            started_at=started_at,
+            leftovers=leftovers,
+        )
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def tool(name: str) -> str:
+    """An executable of this virtual environment (next to the Python running the harness)."""
+    beside = PYTHON.with_name(name)
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise SystemExit(f"bench: cannot find {name!r} next to {PYTHON} nor on PATH")
+    return found
+
+
+@contextlib.contextmanager
+def prefect_server(
+    home: Path, env: dict[str, str], timeout: float = 180
+) -> Iterator[tuple[str, int]]:
+    """Start ``prefect server start`` on 127.0.0.1 in its own process group.
+
+    Yields:
+        The API URL and the server's pid.
+
+    The server's process group is terminated on exit, whatever happens.
+    """
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    server_env = {**env, "PREFECT_HOME": str(home)}
+    log_path = home / "server.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [tool("prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=home,
+            env=server_env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            url = f"http://127.0.0.1:{port}/api"
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"prefect server exited ({proc.returncode}):\n{log_path.read_text()}"
+                    )
+                with contextlib.suppress(requests.RequestException):
+                    if requests.get(f"{url}/health", timeout=2).ok:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"prefect server not healthy after {timeout:.0f} s")
+                time.sleep(0.25)
+            yield url, proc.pid
+        finally:
+            stop_group(proc)
+
+
+def _api_server_pid(url: str) -> int | None:
+    """The pid of the bundled API server (a child of this process) serving ``url``."""
+    port = url.rsplit(":", 1)[-1].strip("/")
+    for child in psutil.Process().children():
+        with contextlib.suppress(psutil.Error):
+            cmdline = child.cmdline()
+            if "serve-api" in cmdline:
+                conns = child.net_connections(kind="tcp")
+                if any(c.laddr and str(c.laddr.port) == port for c in conns):
+                    return child.pid
+    return None
+
+
+def _tree_rss(pid: int) -> float:
+    """RSS (MiB) of a process and its descendants now."""
+    total = 0
+    with contextlib.suppress(psutil.Error):
+        root = psutil.Process(pid)
+        for proc in [root, *root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+    return total / MIB
+
+
+def _api_requests(url: str) -> int:
+    try:
+        return int(requests.get(f"{url}/__control/stats", timeout=10).json()["requests"])
+    except (requests.RequestException, ValueError, KeyError):
+        return -1
+
+
+def _proc_cpu(pid: int | None) -> float:
+    """CPU seconds (user+system) used so far by a process and its live descendants."""
+    if pid is None:
+        return 0.0
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+# --------------------------------------------------------------------------- one run
+
+
+@dataclass
+class Run:
+    """One measured run of the plain script or the flow."""
+
+    users: int
+    latency: float
+    kind: str  # "plain" or "flow"
+    rep: int
+    first: bool  # ran first in its repetition
+    wall_s: float
+    peak_mib: float
+    peak_sum_mib: float
+    peak_proc: str
+    procs: int
+    cpu_s: float
+    api_cpu_s: float
+    prefect_cpu_s: float
+    other_cpu_s: float
+    requests: int
+    rows: int | None
+    sha256: str | None
+    ok: bool
+    problems: list[str] = field(default_factory=list)
+    phases: dict[str, float] = field(default_factory=dict)
+
+
+_LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \|", re.MULTILINE)
+_EVENTS = {
+    "flow_begin": "Beginning flow run",
+    "cluster_create": "Creating a new Dask cluster",
+    "cluster_ready": "The Dask dashboard is available",
+    "temp_server": "Starting temporary server on",
+}
+
+
+def _time_of_day(epoch: float) -> float:
+    local = time.localtime(epoch)
+    return local.tm_hour * 3600 + local.tm_min * 60 + local.tm_sec + epoch % 1
+
+
+def log_events(text: str, started_at: float) -> dict[str, float]:
+    """Seconds from process start to the first log line of each event in ``_EVENTS``.
+
+    Prefect's console lines start with local ``HH:MM:SS.mmm``.
+    """
+    start = _time_of_day(started_at)
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _LOG_TIME.match(line)
+        if not match:
+            continue
+        for key, needle in _EVENTS.items():
+            if key not in found and needle in line:
+                h, m, s, ms = (int(g) for g in match.groups())
+                offset = h * 3600 + m * 60 + s + ms / 1000 - start
+                if offset < -43200:  # the run crossed midnight
+                    offset += 86400
+                found[key] = offset
+    return found
+
+
+def flow_phases(measured: Measured, out: Path) -> dict[str, float]:
+    """Where a flow run's wall time went, from its log timestamps and its manifest.
+
+    ``before_flow``: process start to the first flow-run log line (imports, ephemeral server,
+    flow-run creation); ``cluster``: Dask LocalCluster start (inside ``count_s``);
+    ``count``/``extract``/``load``: the manifest's timings (``count`` without the cluster
+    start); ``other``: the rest of the wall time (subflow set-up, cluster close, exit).
+    """
+    phases: dict[str, float] = {}
+    events = log_events(measured.stderr + "\n" + measured.stdout, measured.started_at)
+    manifests = sorted(out.glob("manifest_*.json"))
+    timings = json.loads(manifests[-1].read_text())["timings"] if manifests else {}
+    if "flow_begin" in events:
+        phases["before_flow"] = events["flow_begin"]
+    if "temp_server" in events and "flow_begin" in events:
+        phases["ephemeral_server"] = events["flow_begin"] - events["temp_server"]
+    if "cluster_create" in events and "cluster_ready" in events:
+        phases["cluster"] = events["cluster_ready"] - events["cluster_create"]
+    if timings:
+        phases["count"] = timings["count_s"] - phases.get("cluster", 0.0)
+        phases["extract"] = timings["extract_s"]
+        phases["load"] = timings["load_s"]
+        phases["in_flow"] = timings["total_s"]
+        if "before_flow" in phases:
+            phases["other"] = measured.wall_s - phases["before_flow"] - timings["total_s"]
+    return phases
+
+
+def users_csv(out: Path) -> Path | None:
+    """The one ``users_<ts>.csv`` (not ``users_flat_...``) in ``out``."""
+    found = [p for p in out.glob("users_*.csv") if not p.name.startswith("users_flat_")]
+    return found[0] if len(found) == 1 else None
+
+
+def csv_rows(path: Path) -> int:
+    """Data rows of a CSV (newline count, or a real parse when fields hold newlines)."""
+    with path.open("rb") as handle:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = handle.readline()
+    if '"' not in header and lines > 0:
+        with path.open("rb") as handle:
+            if b'"' not in handle.read():
+                return lines - 1
+    with path.open(newline="", encoding="utf-8") as handle:
+        return sum(1 for _ in csv.reader(handle)) - 1
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Context:
+    """What every run needs: environments, paths, limits."""
+
+    work: Path
+    base_env: dict[str, str]
+    flow_env: dict[str, str]
+    timeout: float
+    interval: float
+    prefect_pid: int | None = None
+
+
+def run_one(
+    ctx: Context, kind: str, api_url: str, api_pid: int | None, users: int, latency: float
+) -> tuple[Measured, Run, Path]:
+    """Run the plain script or the flow once against ``api_url``; check its users CSV."""
+    out = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.work))
+    if kind == "plain":
+        cmd = [str(PYTHON), str(PLAIN), "--api-url", api_url, "--output-dir", str(out / "o")]
+        env = ctx.base_env
+    else:
+        cmd = [tool("placeholder-etl"), "run", "--api-url", api_url, "--output-dir"]
+        cmd += [str(out / "o"), "--no-cache", "--cache-dir", str(out / "cache")]
+        env = ctx.flow_env
+    requests_before = _api_requests(api_url)
+    api_cpu_before = _proc_cpu(api_pid)
+    prefect_cpu_before = _proc_cpu(ctx.prefect_pid)
+    measured = measure(cmd, env, ctx.timeout, ctx.interval)
+    api_cpu = _proc_cpu(api_pid) - api_cpu_before
+    prefect_cpu = _proc_cpu(ctx.prefect_pid) - prefect_cpu_before
+    problems: list[str] = []
+    if measured.returncode != 0:
+        tail = " | ".join((measured.stderr or measured.stdout).strip().splitlines()[-3:])
+        problems.append(f"exit {measured.returncode}: {tail[-300:]}")
+    if measured.leftovers:
+        problems.append(f"{measured.leftovers} process(es) left running after exit")
+    path = users_csv(out / "o")
+    rows = digest = None
+    if path is None:
+        problems.append("no users CSV written")
+    else:
+        rows = csv_rows(path)
+        digest = sha256(path)
+        if rows != users:
+            problems.append(f"{rows} data rows, expected {users}")
+    run = Run(
+        users=users,
+        latency=latency,
+        kind=kind,
+        rep=0,
+        first=False,
+        wall_s=measured.wall_s,
+        peak_mib=measured.peak_mib,
+        peak_sum_mib=measured.peak_sum_mib,
+        peak_proc=measured.peak_proc,
+        procs=measured.procs,
+        cpu_s=measured.cpu_s,
+        api_cpu_s=api_cpu,
+        prefect_cpu_s=prefect_cpu,
+        other_cpu_s=max(0.0, measured.busy_s - measured.cpu_s - api_cpu - prefect_cpu),
+        requests=_api_requests(api_url) - requests_before,
+        rows=rows,
+        sha256=digest,
+        ok=not problems,
+        problems=problems,
+        phases=flow_phases(measured, out / "o") if kind == "flow" else {},
+    )
+    return measured, run, out
+
+
+def run_cell(ctx: Context, users: int, latency: float, runs: int) -> list[Run]:
+    """Start the API server for one cell and run plain and flow ``runs`` times each."""
+    results: list[Run] = []
+    from placeholder_etl.server import bundled_server
+
+    with bundled_server(users=users, latency=latency) as api_url:
+        api_pid = _api_server_pid(api_url)
+        reference: str | None = None
+        for rep in range(runs):
+            order = ("plain", "flow") if rep % 2 == 0 else ("flow", "plain")
+            for position, kind in enumerate(order):
+                _, run, out = run_one(ctx, kind, api_url, api_pid, users, latency)
+                shutil.rmtree(out, ignore_errors=True)
+                run.rep = rep + 1
+                run.first = position == 0
+                if run.sha256 is not None:
+                    reference = reference or run.sha256
+                    if run.sha256 != reference:
+                        run.problems.append(
+                            f"users CSV differs from the first run's (sha256 {run.sha256[:12]} "
+                            f"vs {reference[:12]})"
+                        )
+                        run.ok = False
+                results.append(run)
+                _print_run(run)
+    return results
+
+
+def _print_run(run: Run) -> None:
+    phases = ", ".join(f"{k} {v:.2f}" for k, v in run.phases.items())
+    status = "ok" if run.ok else "PROBLEM: " + "; ".join(run.problems)
+    print(
+        f"  {run.users:>9,} users @{run.latency * 1000:>4.0f} ms  rep {run.rep}  "
+        f"{run.kind:<5} {run.wall_s:7.2f} s  peak {run.peak_mib:6.0f} MiB "
+        f"({run.peak_proc}; sum {run.peak_sum_mib:.0f})  cpu {run.cpu_s:.1f} s  "
+        f"api-cpu {run.api_cpu_s:.1f} s  prefect-server-cpu {run.prefect_cpu_s:.1f} s  "
+        f"other-cpu {run.other_cpu_s:.1f} s  "
+        f"{run.requests} req  {status}" + (f"\n      phases: {phases}" if phases else ""),
+        flush=True,
+    )
+    if not run.ok:
+        print(f"  !!! {run.kind} run FAILED its checks: {'; '.join(run.problems)}", flush=True)
+
+
+# --------------------------------------------------------------------------- fixed costs
+
+_EPHEMERAL_PROBE = """
+import json, time
+from prefect.server.api.server import SubprocessASGIServer
+server = SubprocessASGIServer()
+t0 = time.perf_counter(); server.start(); t1 = time.perf_counter()
+server.stop(); t2 = time.perf_counter()
+print(json.dumps({"start_s": t1 - t0, "stop_s": t2 - t1}))
+"""
+
+_CLUSTER_PROBE = """
+import json, sys, time
+from distributed import LocalCluster
+kwargs = dict(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
+              dashboard_address="127.0.0.1:0")
+if sys.argv[1] == "preload":
+    kwargs["preload"] = ["placeholder_etl.flow"]
+t0 = time.perf_counter(); cluster = LocalCluster(**kwargs); t1 = time.perf_counter()
+cluster.close(); t2 = time.perf_counter()
+print(json.dumps({"start_s": t1 - t0, "stop_s": t2 - t1}))
+"""
+
+
+@dataclass
+class FixedCost:
+    """A fixed cost: name, how it was measured, the samples (seconds)."""
+
+    name: str
+    how: str
+    samples: list[float]
+    note: str = ""
+
+    @property
+    def median(self) -> float:
+        """Median of the samples (NaN when there are none)."""
+        return statistics.median(self.samples) if self.samples else float("nan")
+
+
+def _probe(cmd: list[str], env: dict[str, str], timeout: float) -> dict[str, float]:
+    measured = measure(cmd, env, timeout)
+    if measured.returncode != 0:
+        raise RuntimeError(f"{cmd[:3]} failed ({measured.returncode}):\n{measured.stderr[-2000:]}")
+    return json.loads(measured.stdout.strip().splitlines()[-1])
+
+
+def fixed_costs(ctx: Context, runs: int) -> list[FixedCost]:
+    """Import, ephemeral Prefect server, LocalCluster and whole-run costs at 10 users.
+
+    Runs without ``PREFECT_API_URL`` (the flow starts its own ephemeral server).
+    """
+    env = {**ctx.base_env, "PREFECT_HOME": str(ctx.work / "fixed-prefect-home")}
+    env["DASK_LOGGING__DISTRIBUTED"] = "warning"
+    py = str(PYTHON)
+    costs: list[FixedCost] = []
+
+    def timed(cmd: list[str], cmd_env: dict[str, str]) -> float:
+        measured = measure(cmd, cmd_env, ctx.timeout)
+        if measured.returncode != 0:
+            raise RuntimeError(f"{cmd} failed:\n{measured.stderr[-2000:]}")
+        return measured.wall_s
+
+    print("fixed costs (10 users, no PREFECT_API_URL: ephemeral Prefect server)", flush=True)
+    timed([py, "-c", "import placeholder_etl.flow, pandas, requests"], env)  # fill the cache
+    imports = [timed([py, "-c", "import placeholder_etl.flow"], env) for _ in range(runs)]
+    costs.append(
+        FixedCost("import placeholder_etl.flow", "python -c 'import placeholder_etl.flow'", imports)
+    )
+    if "PYTHONPYCACHEPREFIX" in env:
+        cold = []
+        for _ in range(runs):
+            empty = Path(tempfile.mkdtemp(prefix="no-pyc-", dir=ctx.work))
+            cold_env = {**env, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPYCACHEPREFIX": str(empty)}
+            cold.append(timed([py, "-c", "import placeholder_etl.flow"], cold_env))
+        costs.append(
+            FixedCost(
+                "import placeholder_etl.flow, no .pyc",
+                "same, with an empty PYTHONPYCACHEPREFIX and PYTHONDONTWRITEBYTECODE=1",
+                cold,
+            )
+        )
+    plain_imports = [timed([py, "-c", "import pandas, requests"], env) for _ in range(runs)]
+    costs.append(
+        FixedCost(
+            "import pandas, requests (plain)", "python -c 'import pandas, requests'", plain_imports
+        )
+    )
+    print(f"  imports done: {[round(s, 2) for s in imports]}", flush=True)
+
+    first = _probe([py, "-c", _EPHEMERAL_PROBE], env, ctx.timeout)
+    starts, stops = [], []
+    for _ in range(runs):
+        probe = _probe([py, "-c", _EPHEMERAL_PROBE], env, ctx.timeout)
+        starts.append(probe["start_s"])
+        stops.append(probe["stop_s"])
+    costs.append(
+        FixedCost(
+            "ephemeral Prefect server start",
+            "SubprocessASGIServer().start() in a subprocess (existing database)",
+            starts,
+            note=f"first start, creating the database: {first['start_s']:.2f} s",
+        )
+    )
+    costs.append(FixedCost("ephemeral Prefect server stop", "SubprocessASGIServer().stop()", stops))
+    print(f"  ephemeral server: starts {[round(s, 2) for s in starts]}", flush=True)
+
+    for variant, label in (("bare", ""), ("preload", " + preload placeholder_etl.flow")):
+        starts, stops = [], []
+        for _ in range(runs):
+            probe = _probe([py, "-c", _CLUSTER_PROBE, variant], env, ctx.timeout)
+            starts.append(probe["start_s"])
+            stops.append(probe["stop_s"])
+        how = "LocalCluster(n_workers=2, threads_per_worker=2, processes=True)" + label
+        costs.append(FixedCost(f"LocalCluster start{label}", how, starts))
+        costs.append(FixedCost(f"LocalCluster close{label}", how + ": close()", stops))
+        print(f"  LocalCluster {variant}: starts {[round(s, 2) for s in starts]}", flush=True)
+
+    walls, peaks, phases = [], [], []
+    for _ in range(runs):
+        out = Path(tempfile.mkdtemp(prefix="bundled-", dir=ctx.work))
+        cmd = [tool("placeholder-etl"), "run", "--api-url", "bundled", "--output-dir"]
+        cmd += [str(out / "o"), "--no-cache", "--cache-dir", str(out / "cache")]
+        measured = measure(cmd, env, ctx.timeout, ctx.interval)
+        if measured.returncode != 0:
+            raise RuntimeError(f"placeholder-etl run failed:\n{measured.stderr[-2000:]}")
+        found = users_csv(out / "o")
+        if found is None or csv_rows(found) != 10:
+            raise RuntimeError("placeholder-etl run --api-url bundled: no 10-row users CSV")
+        walls.append(measured.wall_s)
+        peaks.append(measured.peak_mib)
+        phases.append(flow_phases(measured, out / "o"))
+        shutil.rmtree(out, ignore_errors=True)
+    breakdown = _median_phases(phases)
+    costs.append(
+        FixedCost(
+            "placeholder-etl run --api-url bundled",
+            "whole command, 10 users, ephemeral server, Dask runner",
+            walls,
+            note=(
+                f"largest process {statistics.median(peaks):.0f} MiB; "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in breakdown.items())
+            ),
+        )
+    )
+    print(f"  whole run: {[round(s, 2) for s in walls]}", flush=True)
+    return costs
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+@dataclass
+class Cell:
+    """The summary of one (users, latency) cell."""
+
+    users: int
+    latency: float
+    plain: list[Run]
+    flow: list[Run]
+
+    @staticmethod
+    def _median(runs: list[Run], attr: str) -> float:
+        values = [getattr(r, attr) for r in runs if r.ok]
+        return statistics.median(values) if values else float("nan")
+
+    @property
+    def plain_s(self) -> float:
+        """Median wall time of the plain script."""
+        return self._median(self.plain, "wall_s")
+
+    @property
+    def flow_s(self) -> float:
+        """Median wall time of the flow."""
+        return self._median(self.flow, "wall_s")
+
+    @property
+    def ratio(self) -> float:
+        """Flow median / plain median."""
+        return self.flow_s / self.plain_s if self.plain_s > 0 else float("nan")
+
+    @property
+    def plain_peak(self) -> float:
+        """Largest peak RSS (MiB) of a single process over the plain runs."""
+        return max((r.peak_mib for r in self.plain), default=float("nan"))
+
+    @property
+    def flow_peak(self) -> float:
+        """Largest peak RSS (MiB) of a single process over the flow runs."""
+        return max((r.peak_mib for r in self.flow), default=float("nan"))
+
+    @property
+    def flow_peak_sum(self) -> float:
+        """Largest peak of the summed RSS (MiB) of the flow's process tree."""
+        return max((r.peak_sum_mib for r in self.flow), default=float("nan"))
+
+    @property
+    def ok(self) -> bool:
+        """Every run passed its checks."""
+        return all(r.ok for r in self.plain + self.flow)
+
+    def target(self) -> Target | None:
+        """The issue's target for this cell, if it has one."""
+        for target in TARGETS:
+            if target.users == self.users and abs(target.latency - self.latency) < 1e-9:
+                return target
+        return None
+
+    def verdict(self) -> str:
+        """``PASS``/``FAIL`` against the target (with what failed), or ``-``."""
+        target = self.target()
+        if target is None:
+            return "-"
+        if not self.ok:
+            return "FAIL (runs failed their checks)"
+        fails = []
+        if not self.ratio <= target.max_ratio:
+            fails.append(f"{self.ratio:.2f}x > {target.max_ratio:g}x")
+        if target.max_peak_mib is not None and not self.flow_peak < target.max_peak_mib:
+            fails.append(f"{self.flow_peak:.0f} MiB ≥ {target.max_peak_mib:g} MiB")
+        return "FAIL (" + "; ".join(fails) + ")" if fails else f"PASS ({target.describe()})"
+
+
+def _median_phases(phases: list[dict[str, float]]) -> dict[str, float]:
+    keys = [k for k in phases[0] if all(k in p for p in phases)] if phases else []
+    return {k: statistics.median(p[k] for p in phases) for k in keys}
+
+
+def _ms(latency: float) -> str:
+    return f"{latency * 1000:.0f}"
+
+
+def summary_rows(cells: list[Cell]) -> list[list[str]]:
+    """The results table: one row per cell."""
+    rows = []
+    for c in cells:
+        rows.append(
+            [
+                f"{c.users:,}",
+                _ms(c.latency),
+                f"{c.plain_s:.2f}",
+                f"{c.flow_s:.2f}",
+                f"{c.ratio:.2f}",
+                f"{c.plain_peak:.0f}",
+                f"{c.flow_peak:.0f}",
+                f"{c.flow_peak_sum:.0f}",
+                "ok" if c.ok else "MISMATCH/FAILED",
+                c.verdict(),
+            ]
+        )
+    return rows
+
+
+SUMMARY_HEADER = [
+    "users",
+    "latency ms",
+    "plain s",
+    "flow s",
+    "flow/plain",
+    "plain peak MiB",
+    "flow peak MiB",
+    "flow tree MiB",
+    "checks",
+    "target",
+]
+
+PHASES = ("before_flow", "cluster", "count", "extract", "load", "other")
+
+
+def _cpu_median(runs: list[Run], attr: str) -> str:
+    return f"{statistics.median(getattr(r, attr) for r in runs):.1f}" if runs else "?"
+
+
+def phase_rows(cells: list[Cell]) -> list[list[str]]:
+    """Where the flow's median time went, per cell, and the CPU both programs used."""
+    rows = []
+    for c in cells:
+        med = _median_phases([r.phases for r in c.flow if r.ok and r.phases])
+        rows.append(
+            [
+                f"{c.users:,}",
+                _ms(c.latency),
+                f"{c.flow_s:.2f}",
+                *(f"{med[p]:.2f}" if p in med else "?" for p in PHASES),
+                _cpu_median(c.flow, "cpu_s"),
+                _cpu_median(c.flow, "prefect_cpu_s"),
+                _cpu_median(c.flow, "api_cpu_s"),
+                _cpu_median(c.plain, "cpu_s"),
+                _cpu_median(c.plain, "api_cpu_s"),
+            ]
+        )
+    return rows
+
+
+PHASE_HEADER = [
+    "users",
+    "latency ms",
+    "flow s",
+    "before flow",
+    "Dask cluster start",
+    "count",
+    "extract",
+    "load",
+    "other",
+    "flow CPU s",
+    "Prefect server CPU s (flow)",
+    "API CPU s (flow)",
+    "plain CPU s",
+    "API CPU s (plain)",
+]
+
+
+def _flow_extract(cell: Cell) -> float:
+    values = [r.phases["extract"] for r in cell.flow if r.ok and "extract" in r.phases]
+    return statistics.median(values) if values else float("nan")
+
+
+GROWTH_SERIES = (
+    ("flow", lambda c: c.flow_s),
+    ("flow extract phase", _flow_extract),
+    ("plain", lambda c: c.plain_s),
+)
+
+
+def growth_lines(cells: list[Cell]) -> list[str]:
+    """Time per 1,000 users at 10k/100k/1M (0 ms), and the marginal cost between sizes."""
+    lines = []
+    for label, seconds in GROWTH_SERIES:
+        points = [
+            (c.users, seconds(c))
+            for users in GROWTH_SIZES
+            for c in cells
+            if c.users == users and c.latency == 0
+        ]
+        if len(points) < 2:
+            continue
+        per_k = ", ".join(f"{u // 1000:,}k: {s / (u / 1000):.4f}" for u, s in points)
+        marginal = ", ".join(
+            f"{a // 1000:,}k→{b // 1000:,}k: {(sb - sa) / ((b - a) / 1000):.4f}"
+            for (a, sa), (b, sb) in itertools.pairwise(points)
+        )
+        lines.append(
+            f"growth ({label}, 0 ms): s per 1k users {per_k}; marginal s per extra 1k users "
+            f"{marginal}"
+        )
+    if lines:
+        lines.append(
+            "(linear = equal marginal costs; the per-1k figure falls while fixed costs dominate)"
+        )
+    return lines
+
+
+def text_table(header: list[str], rows: list[list[str]], left: Sequence[int] = ()) -> str:
+    """A fixed-width table for the terminal (columns in ``left`` aligned left)."""
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=True)]
+    fmt = "  ".join(f"{{:{'<' if i in left else '>'}{w}}}" for i, w in enumerate(widths))
+    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))]
+    return "\n".join(lines + [fmt.format(*row) for row in rows])
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def fixed_rows(costs: list[FixedCost]) -> list[list[str]]:
+    """The fixed-costs table."""
+    return [
+        [
+            c.name,
+            f"{c.median:.2f}",
+            " / ".join(f"{s:.2f}" for s in c.samples),
+            c.how + (f"; {c.note}" if c.note else ""),
+        ]
+        for c in costs
+    ]
+
+
+FIXED_HEADER = ["fixed cost", "median s", "runs s", "how"]
+
+
+def raw_rows(runs: list[Run]) -> list[list[str]]:
+    """Every run, as measured."""
+    return [
+        [
+            f"{r.users:,}",
+            _ms(r.latency),
+            str(r.rep),
+            r.kind + (" (1st)" if r.first else ""),
+            f"{r.wall_s:.2f}",
+            f"{r.peak_mib:.0f} ({r.peak_proc})",
+            f"{r.peak_sum_mib:.0f}",
+            str(r.procs),
+            f"{r.cpu_s:.1f}",
+            f"{r.api_cpu_s:.1f}",
+            f"{r.prefect_cpu_s:.1f}",
+            f"{r.other_cpu_s:.1f}",
+            str(r.requests),
+            (r.sha256 or "-")[:12],
+            ", ".join(f"{k} {v:.2f}" for k, v in r.phases.items()) or "-",
+            "ok" if r.ok else "**" + "; ".join(r.problems) + "**",
+        ]
+        for r in runs
+    ]
+
+
+RAW_HEADER = [
+    "users",
+    "latency ms",
+    "rep",
+    "kind",
+    "wall s",
+    "peak MiB (process)",
+    "tree MiB",
+    "procs",
+    "CPU s",
+    "API CPU s",
+    "Prefect server CPU s",
+    "other CPU s",
+    "requests",
+    "users CSV sha256",
+    "flow phases s",
+    "checks",
+]
+
+
+def machine() -> dict[str, str]:
+    """CPU model, cores, RAM, OS, Python and library versions."""
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "CPU": model,
+        "cores": f"{os.cpu_count()} ({usable} usable)",
+        "RAM": f"{psutil.virtual_memory().total / 1024**3:.1f} GiB",
+        "OS": platform.platform(),
+        "Python": platform.python_version(),
+        "prefect": ver("prefect"),
+        "prefect-dask": ver("prefect-dask"),
+        "dask / distributed": f"{ver('dask')} / {ver('distributed')}",
+        "pandas": ver("pandas"),
+        "requests": ver("requests"),
+        "placeholder-etl": ver("placeholder-etl"),
+    }
+
+
+PHASE_NOTE = (
+    "`before flow`: process start → first flow-run log line (imports, flow-run creation); "
+    "`Dask cluster start`: LocalCluster start (log timestamps); `count`, `extract`, `load`: "
+    "the manifest's timings (`count` without the cluster start); `other`: the rest (subflow "
+    "set-up/tear-down, cluster close, process exit). CPU s: user+system of the whole process "
+    "tree; Prefect server CPU s: the running Prefect server's, serving the flow's API calls; "
+    "API CPU s: the bundled API server generating and serving the pages, on the same cores."
+)
+RAW_NOTE = (
+    "`other CPU s`: busy CPU time of the whole machine during the run minus the run's process "
+    "tree, the API server and the Prefect server: the harness and anything else running on the "
+    "machine (a noise indicator)."
+)
+
+
+def write_markdown(
+    path: Path,
+    args: argparse.Namespace,
+    cells: list[Cell],
+    runs: list[Run],
+    costs: list[FixedCost],
+    meta: dict[str, str],
+) -> None:
+    """Write (replace) the results file."""
+    lines = [
+        "# Benchmark results: plain script vs Prefect flow",
+        "",
+        (
+            f"Written by `benchmarks/bench.py` on {meta['date']} (UTC); command: "
+            f"`{meta['command']}`. See [README.md](README.md) for what is measured and how."
+        ),
+        "",
+        "## Machine",
+        "",
+        *(f"- {k}: {v}" for k, v in machine().items()),
+        f"- load average (1, 5, 15 min) before / after: {meta['load_before']} / {meta['load_after']}",
+        f"- bytecode cache: {meta['pyc']}",
+        f"- Prefect server for the flow runs: {meta['server']}",
+        "",
+    ]
+    if meta.get("failures"):
+        lines += [f"**FAILED cells: {meta['failures']}**", ""]
+    if cells:
+        lines += [
+            f"## Results (median of {args.runs} run(s) per cell; peaks are the maximum)",
+            "",
+            md_table(SUMMARY_HEADER, summary_rows(cells)),
+            "",
+            (
+                "`flow peak MiB` is the largest single process of the flow's process tree (the "
+                "target's measure); `flow tree MiB` is the peak of the tree's summed RSS."
+            ),
+            "",
+            *(f"- {line}" for line in growth_lines(cells)),
+            "",
+            "### Targets",
+            "",
+            *(f"- {t.label}: {t.describe()}" for t in TARGETS),
+            "",
+            "### Where the flow's time goes (medians, seconds)",
+            "",
+            md_table(PHASE_HEADER, phase_rows(cells)),
+            "",
+            PHASE_NOTE,
+            "",
+        ]
+    if costs:
+        lines += [
+            "## Fixed costs (10 users, no PREFECT_API_URL: ephemeral Prefect server)",
+            "",
+            md_table(FIXED_HEADER, fixed_rows(costs)),
+            "",
+        ]
+    if runs:
+        lines += [
+            "## Raw runs",
+            "",
+            md_table(RAW_HEADER, raw_rows(runs)),
+            "",
+            RAW_NOTE,
+            "",
+        ]
+    path.write_text("\n".join(lines))
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(float(x)) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=_ints, help="comma list of user counts, e.g. 10,10000")
+    parser.add_argument(
+        "--latencies", type=_floats, help="comma list of API latencies in seconds, e.g. 0,0.2"
+    )
+    parser.add_argument("--runs", type=int, help="repetitions per cell (default 3; --quick 1)")
+    parser.add_argument("--quick", action="store_true", help="10 and 10,000 users, 0 ms, 1 run")
+    parser.add_argument(
+        "--fixed-costs", action="store_true", help="also measure the fixed costs at 10 users"
+    )
+    parser.add_argument(
+        "--no-matrix", action="store_true", help="skip the matrix (with --fixed-costs)"
+    )
+    parser.add_argument("--results", type=Path, help="markdown results file to write/replace")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per run (3600)")
+    parser.add_argument("--poll", type=float, default=0.05, help="RSS poll interval (0.05 s)")
+    parser.add_argument(
+        "--no-pyc-cache",
+        action="store_true",
+        help="keep the inherited PYTHONDONTWRITEBYTECODE (no bytecode cache for subprocesses)",
+    )
+    parser.add_argument("--no-warmup", action="store_true", help="skip the untimed warm-up run")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.sizes = args.sizes or list(QUICK_SIZES)
+        args.runs = args.runs or 1
+        args.results = args.results or HERE / "RESULTS-quick.md"
+    args.runs = args.runs or 3
+    args.results = args.results or HERE / "RESULTS.md"
+    if args.sizes is None and args.latencies is None:
+        args.matrix = list(DEFAULT_MATRIX)
+    else:
+        args.matrix = [(n, lat) for lat in (args.latencies or [0.0]) for n in (args.sizes or [10])]
+    if args.no_matrix:
+        args.matrix = []
+    return args
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; 0 when every run passed its checks, 1 otherwise."""
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    started = datetime.now(UTC)
+    meta = {
+        "date": started.strftime("%Y-%m-%d %H:%M"),
+        "command": " ".join(["python", "benchmarks/bench.py", *(argv or sys.argv[1:])]),
+        "load_before": _load(),
+    }
+    work = Path(tempfile.mkdtemp(prefix="placeholder-etl-bench-"))
+    base_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
+    base_env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    base_env["PREFECT_HOME"] = str(work / "client-prefect-home")
+    if args.no_pyc_cache:
+        inherited = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
+        meta["pyc"] = f"as inherited (PYTHONDONTWRITEBYTECODE={inherited!r})"
+    else:
+        base_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        base_env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+        meta["pyc"] = (
+            "on (PYTHONDONTWRITEBYTECODE unset, PYTHONPYCACHEPREFIX in a temp dir, "
+            "filled by an untimed warm-up run)"
+        )
+    for key in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):  # for the API servers
+        if key in base_env:
+            os.environ[key] = base_env[key]
+        else:
+            os.environ.pop(key, None)
+    ctx = Context(work, base_env, dict(base_env), args.timeout, args.poll)
+    runs: list[Run] = []
+    costs: list[FixedCost] = []
+    cells: list[Cell] = []
+    failures: list[str] = []
+    print(f"bench: work dir {work}; results → {args.results}", flush=True)
+    try:
+        if not args.no_warmup:
+            _warm_up(ctx)
+        if args.fixed_costs:
+            costs = fixed_costs(ctx, args.runs)
+        if args.matrix:
+            with prefect_server(work / "server-prefect-home", base_env) as (api, prefect_pid):
+                meta["server"] = f"`prefect server start` on {api} (started once by the harness)"
+                ctx.flow_env = {**base_env, "PREFECT_API_URL": api}
+                ctx.prefect_pid = prefect_pid
+                print(f"Prefect server at {api}", flush=True)
+                for users, latency in args.matrix:
+                    print(f"cell: {users:,} users @{latency * 1000:.0f} ms", flush=True)
+                    try:
+                        cell_runs = run_cell(ctx, users, latency, args.runs)
+                    except (RuntimeError, OSError) as exc:
+                        failures.append(f"{users:,} users @{latency * 1000:.0f} ms: {exc}")
+                        print(f"!!! cell FAILED: {failures[-1]}", flush=True)
+                        continue
+                    runs += cell_runs
+                    cells.append(
+                        Cell(
+                            users,
+                            latency,
+                            [r for r in cell_runs if r.kind == "plain"],
+                            [r for r in cell_runs if r.kind == "flow"],
+                        )
+                    )
+                rss = _tree_rss(prefect_pid)
+                meta["server"] += f"; its RSS at the end: {rss:.0f} MiB"
+        meta.setdefault("server", "none (fixed costs only)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    meta["load_after"] = _load()
+    print()
+    if cells:
+        print(text_table(SUMMARY_HEADER, summary_rows(cells)))
+        print()
+        for line in growth_lines(cells):
+            print(line)
+        print()
+        print("where the flow's time goes (medians, s):")
+        print(text_table(PHASE_HEADER, phase_rows(cells)))
+        print()
+    if costs:
+        print("fixed costs (10 users, ephemeral Prefect server):")
+        terminal = [
+            [name, med, runs, note]
+            for (name, med, runs, _), note in zip(
+                fixed_rows(costs), (c.note for c in costs), strict=True
+            )
+        ]
+        print(text_table(["fixed cost", "median s", "runs s", "note"], terminal, left=(0, 3)))
+        print()
+    meta["failures"] = "; ".join(failures)
+    write_markdown(args.results, args, cells, runs, costs, meta)
+    print(f"results written to {args.results}")
+    bad = [r for r in runs if not r.ok]
+    if bad:
+        print(f"!!! {len(bad)} run(s) FAILED their checks (see above and the raw runs)")
+    for failure in failures:
+        print(f"!!! cell FAILED: {failure}")
+    return 1 if bad or failures else 0
+
+
+def _warm_up(ctx: Context) -> None:
+    """One untimed plain and flow run at 10 users: fills the bytecode cache."""
+    print("warm-up (untimed): plain and flow at 10 users", flush=True)
+    from placeholder_etl.server import bundled_server
+
+    env = dict(ctx.base_env)
+    with bundled_server(users=10) as api_url:
+        for kind in ("plain", "flow"):
+            ctx_env = Context(ctx.work, env, env, ctx.timeout, ctx.interval)
+            measured, run, out = run_one(ctx_env, kind, api_url, None, 10, 0.0)
+            shutil.rmtree(out, ignore_errors=True)
+            print(f"  warm-up {kind}: {measured.wall_s:.2f} s {'ok' if run.ok else run.problems}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,83 @@
+"""SIGKILL a big run mid-way, check nothing was lost, rerun, count the pages reused.
+
+    .venv/bin/python benchmarks/kill_rerun.py --users 300000 --kill-after 20
+
+1. a small good run writes the "previous" users CSV;
+2. a run of ``--users`` users (default CLI settings, bundled server with ``--latency``) is
+   killed with SIGKILL (its whole process group) after ``--kill-after`` seconds;
+3. the output dir must be byte for byte as before (no partial file under a final name);
+4. the rerun must write every row, and the pages it did not have to fetch again were reused
+   from the cache of the killed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> int:
+    """Run the scenario and print what happened."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=300_000)
+    parser.add_argument("--kill-after", type=float, default=20.0)
+    parser.add_argument("--latency", type=float, default=0.05)
+    args = parser.parse_args()
+
+    from placeholder_etl.server import make_server
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out, cache = Path(tmp) / "out", Path(tmp) / "cache"
+        base = [sys.executable, "-m", "placeholder_etl", "run", "--output-dir", str(out),
+                "--cache-dir", str(cache)]  # fmt: skip
+        with make_server(users=1000) as small:
+            subprocess.run([*base, "--api-url", small.url, "--no-cache"], check=True,
+                           capture_output=True)  # fmt: skip
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with make_server(users=args.users, latency=args.latency) as server:
+            run = subprocess.Popen([*base, "--api-url", server.url], start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(args.kill_after)
+            finished_first = run.poll() is not None
+            if not finished_first:
+                os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
+            fetched = server.stats()["requests"]
+            after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".tmp"}
+            unchanged = after == before
+            killed_temps = sorted(p.name for p in out.glob(".*.tmp"))
+            server.reset_stats()
+            started = time.perf_counter()
+            rerun = subprocess.run([*base, "--api-url", server.url], capture_output=True,
+                                   text=True, check=False)  # fmt: skip
+            rerun_s = time.perf_counter() - started
+            refetched = server.stats()["requests"]
+        leftovers = sorted(p.name for p in out.glob(".*.tmp"))
+        pages = -(-args.users // 1000) + 1
+        new = [p for p in out.glob("users_2*.csv") if p.name not in before]
+        rows = len(new[0].read_text().splitlines()) - 1 if len(new) == 1 else None
+        print(
+            f"killed after {args.kill_after:g} s: {'no (it had finished)' if finished_first else 'yes'}"
+        )
+        print(f"requests before the kill: {fetched} of {pages}")
+        print(f"final files unchanged by the killed run: {unchanged}; its temp files: "
+              f"{killed_temps}; left after the rerun: {leftovers}")  # fmt: skip
+        print(f"rerun: exit {rerun.returncode}, {rerun_s:.1f} s, {refetched} requests "
+              f"({pages - refetched} of {pages} reused from the cache), {rows} rows written")  # fmt: skip
+        print(
+            f"previous users CSV untouched: {all((out / n).read_bytes() == b for n, b in before.items())}"
+        )
+        ok = unchanged and rerun.returncode == 0 and rows == args.users and not leftovers
+        return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
