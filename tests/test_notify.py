@@ -82,3 +82,31 @@ def test_post_webhook_reports_an_unreachable_endpoint(caplog) -> None:
     assert post_webhook(url, "hello", timeout=2) is False
     assert "could not deliver the failure notification to 127.0.0.1" in caplog.text
     assert "secret" not in caplog.text
+
+
+def test_secrets_never_reach_logs_manifests_artifacts_or_reports(tmp_path, webhook) -> None:
+    from prefect.artifacts import Artifact
+
+    secrets = {
+        "PREFECT_API_KEY": "pnu_secretprefectkey0123456789",
+        "SATURN_TOKEN": "saturn-secret-token-0123456789",
+        "PLACEHOLDER_ETL_NOTIFY_WEBHOOK": webhook.url,
+    }
+    out = tmp_path / "out"
+    with make_server(users=5) as server:
+        result = run_cli(
+            "run", "--api-url", server.url, "--runner", "local", "--resources", "all",
+            "--report", "--output-dir", str(out), "--cache-dir", str(tmp_path / "cache"),
+            env=secrets,
+        )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    written = "".join(p.read_text(errors="replace") for p in out.iterdir() if p.is_file())
+    assert "report_" in "".join(p.name for p in out.iterdir())
+    artifacts = "".join(
+        str(Artifact.get(key, _sync=True).data)
+        for key in ("placeholder-etl-tables", "placeholder-etl-summary", "placeholder-etl-report")
+    )
+    for value in secrets.values():
+        assert value not in result.stdout + result.stderr
+        assert value not in written
+        assert value not in artifacts
