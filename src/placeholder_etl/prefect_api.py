@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 
-__all__ = ["export_api_url", "prefect_api"]
+__all__ = ["drain", "export_api_url", "prefect_api"]
 
 
 @contextmanager
@@ -43,14 +43,20 @@ def prefect_api() -> Iterator[str]:
             os.environ["PREFECT_API_URL"] = previous
 
 
-def _stop_quietly(server: object) -> None:
-    """Send the logs still queued, then stop the server without logging to it any more."""
+def drain() -> None:
+    """Send the logs and events Prefect still has queued (else it warns about them at exit)."""
     from prefect.events.worker import EventsWorker
     from prefect.logging.handlers import APILogWorker
-    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED
 
     APILogWorker.drain_all(timeout=5)
     EventsWorker.drain_all(timeout=5)
+
+
+def _stop_quietly(server: object) -> None:
+    """Send the logs still queued, then stop the server without logging to it any more."""
+    from prefect.settings import PREFECT_LOGGING_TO_API_ENABLED
+
+    drain()
     prefect_logger = logging.getLogger("prefect")
     level = prefect_logger.level
     prefect_logger.setLevel(logging.WARNING)

@@ -30,12 +30,15 @@ def run_etl(api_url: str, params: dict[str, Any], bundled_users: int = 10) -> in
 
             api_url = stack.enter_context(bundled_server(users=bundled_users))
             console.print(f"bundled API server with {bundled_users} users at {api_url}")
-        try:
-            from placeholder_etl.flow import etl
-            from placeholder_etl.prefect_api import prefect_api
+        from placeholder_etl.flow import etl
+        from placeholder_etl.prefect_api import drain, prefect_api
 
+        try:
             with prefect_api():
-                manifest = etl(api_url=api_url, **params)
+                try:
+                    manifest = etl(api_url=api_url, **params)
+                finally:
+                    drain()  # Prefect's queued logs and events go out before our last line
         except Exception as exc:  # noqa: BLE001 - the CLI's one place to report any failure
             sys.stdout.flush()
             print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
