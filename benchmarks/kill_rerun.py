@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -22,6 +24,21 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _complete(out: Path, new_names: set[str]) -> str | bool:
+    """Whether files the killed run managed to commit are whole (their manifest's sha256)."""
+    manifests = [n for n in new_names if n.startswith("manifest_")]
+    tables = [n for n in new_names if not n.startswith("manifest_")]
+    if not new_names:
+        return "none (killed before its commit)"
+    if not manifests:
+        return False  # tables without their manifest: a partial commit
+    manifest = json.loads((out / manifests[0]).read_text())
+    return all(
+        hashlib.sha256((out / info["file"]).read_bytes()).hexdigest() == info["sha256"]
+        for info in manifest["tables"].values()
+    ) and len(tables) == len(manifest["tables"])
 
 
 def main() -> int:
@@ -52,7 +69,8 @@ def main() -> int:
             run.wait()
             fetched = server.stats()["requests"]
             after = {p.name: p.read_bytes() for p in out.iterdir() if p.suffix != ".tmp"}
-            unchanged = after == before
+            unchanged = all(after.get(name) == data for name, data in before.items())
+            complete = _complete(out, set(after) - set(before))
             killed_temps = sorted(p.name for p in out.glob(".*.tmp"))
             server.reset_stats()
             started = time.perf_counter()
@@ -62,20 +80,22 @@ def main() -> int:
             refetched = server.stats()["requests"]
         leftovers = sorted(p.name for p in out.glob(".*.tmp"))
         pages = -(-args.users // 1000) + 1
-        new = [p for p in out.glob("users_2*.csv") if p.name not in before]
-        rows = len(new[0].read_text().splitlines()) - 1 if len(new) == 1 else None
+        newest = max(out.glob("manifest_*.json"), key=lambda p: p.stat().st_mtime)
+        users = out / json.loads(newest.read_text())["tables"]["users"]["file"]
+        rows = len(users.read_text().splitlines()) - 1
         print(
             f"killed after {args.kill_after:g} s: {'no (it had finished)' if finished_first else 'yes'}"
         )
         print(f"requests before the kill: {fetched} of {pages}")
-        print(f"final files unchanged by the killed run: {unchanged}; its temp files: "
-              f"{killed_temps}; left after the rerun: {leftovers}")  # fmt: skip
+        print(f"earlier files unchanged: {unchanged}; files the killed run committed: "
+              f"{complete}; its temp files: {killed_temps}; left after the rerun: {leftovers}")  # fmt: skip
         print(f"rerun: exit {rerun.returncode}, {rerun_s:.1f} s, {refetched} requests "
               f"({pages - refetched} of {pages} reused from the cache), {rows} rows written")  # fmt: skip
         print(
             f"previous users CSV untouched: {all((out / n).read_bytes() == b for n, b in before.items())}"
         )
-        ok = unchanged and rerun.returncode == 0 and rows == args.users and not leftovers
+        ok = unchanged and complete is not False and rerun.returncode == 0
+        ok = ok and rows == args.users and not leftovers
         return 0 if ok else 1
 
 
