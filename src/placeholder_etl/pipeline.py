@@ -15,6 +15,7 @@ import socket
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -28,11 +29,11 @@ from placeholder_etl.transform import (
     FLAT_COLUMNS,
     SEED_COLUMNS,
     csv_header,
-    flatten_records,
-    neutralise_formulas,
+    csv_rows,
+    flat_rows,
+    seed_row,
     summarize_activity,
     to_csv_rows,
-    transform_users,
 )
 
 __all__ = [
@@ -62,11 +63,14 @@ def table_header(table: str) -> bytes:
 
 
 def _rows_for(table: str, page: Page, keep_formulas: bool = False) -> bytes:
+    """A page's CSV rows for ``table``: the bytes ``transform_users``/``flatten_records``
+    followed by ``to_csv`` would give (tests/test_transform.py holds them to it), built from
+    tuples because a DataFrame per page costs more than the rest of the page's work."""
     if table == "users":
-        frame = transform_users(page.records)
+        rows = [seed_row(user) for user in sorted(page.records, key=itemgetter("id"))]
     else:
-        frame = flatten_records(page.resource, page.records)
-    return to_csv_rows(frame if keep_formulas else neutralise_formulas(frame))
+        rows = flat_rows(page.resource, page.records)
+    return csv_rows(rows, keep_formulas)
 
 
 @dataclass(frozen=True, slots=True)

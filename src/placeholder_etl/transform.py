@@ -9,7 +9,9 @@ No I/O and no Prefect here: the flow and the notebooks call these on one page at
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import csv
+import io
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from operator import itemgetter
 from typing import Any
 
@@ -22,8 +24,11 @@ __all__ = [
     "FLAT_COLUMNS",
     "SEED_COLUMNS",
     "csv_header",
+    "csv_rows",
+    "flat_rows",
     "flatten_records",
     "neutralise_formulas",
+    "seed_row",
     "summarize_activity",
     "to_csv_rows",
     "transform_users",
@@ -90,20 +95,71 @@ def transform_users(users: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     Returns:
         A DataFrame with columns ``ID,Name,Username,Email,Address,PhoneNumber,Company``.
     """
-    rows = [
-        (
-            user["id"],
-            user["name"],
-            user["username"],
-            user["email"],
-            f"{user['address']['street']}, {user['address']['suite']}, {user['address']['city']}",
-            user["phone"],
-            user["company"]["name"],
-        )
-        for user in users
-    ]
-    frame = pd.DataFrame.from_records(rows, columns=list(SEED_COLUMNS))
+    frame = pd.DataFrame.from_records(
+        [seed_row(user) for user in users], columns=list(SEED_COLUMNS)
+    )
     return frame.sort_values("ID", kind="stable", ignore_index=True)
+
+
+def seed_row(user: Mapping[str, Any]) -> tuple[Any, ...]:
+    """One user's row of the seed table, in :data:`SEED_COLUMNS` order."""
+    address = user["address"]
+    return (
+        user["id"],
+        user["name"],
+        user["username"],
+        user["email"],
+        f"{address['street']}, {address['suite']}, {address['city']}",
+        user["phone"],
+        user["company"]["name"],
+    )
+
+
+def flat_rows(resource: str, records: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """Rows of :func:`flatten_records` as tuples (coordinates as floats), without a DataFrame.
+
+    Raises:
+        ContractError: a coordinate is not a number.
+    """
+    row = _ROW_OF[resource]
+    if resource != "users":
+        return [row(record) for record in records]
+    rows = []
+    for record in records:
+        values = list(row(record))
+        for index in (8, 9):  # address_geo_lat, address_geo_lng
+            try:
+                values[index] = float(values[index])
+            except ValueError:
+                column = FLAT_COLUMNS["users"][index]
+                raise ContractError(
+                    f"users: record id={record['id']} field {column.replace('_', '.')}: "
+                    f"not a number, got {values[index]!r}"
+                ) from None
+        rows.append(tuple(values))
+    return rows
+
+
+def csv_rows(rows: Iterable[Sequence[Any]], keep_formulas: bool = False) -> bytes:
+    """Rows as CSV without a header, byte for byte what ``DataFrame.to_csv`` writes for them.
+
+    pandas writes through :mod:`csv` (minimal quoting, ``\n`` line ends); doing the same from
+    tuples skips building a DataFrame per page. Formulas are guarded as in
+    :func:`neutralise_formulas` unless ``keep_formulas``.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if keep_formulas:
+        writer.writerows(rows)
+    else:
+        writer.writerows(tuple(map(_guard, row)) for row in rows)
+    return buffer.getvalue().encode()
+
+
+def _guard(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
+        return "'" + value
+    return value
 
 
 def flatten_records(resource: str, records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
