@@ -33,6 +33,7 @@ __all__ = [
     "Page",
     "Paging",
     "ordered_map",
+    "pages_for",
 ]
 
 DEFAULT_API_URL = "https://jsonplaceholder.typicode.com"

@@ -230,7 +230,7 @@ def pipeline_flow(
         chunks = pipeline.plan_chunks(api_url, totals, page_size, per_task, paging)
         logger.info(
             "%d pages of up to %d records in %d tasks",
-            _pages(totals, page_size),
+            pipeline.total_pages(totals, page_size),
             page_size,
             len(chunks),
         )
@@ -299,10 +299,6 @@ def pipeline_flow(
     if report:
         manifest.update(render_report_task(manifest["manifest"], str(out)))
     return manifest
-
-
-def _pages(totals: dict[str, int | None], page_size: int) -> int:
-    return sum(-(-(t or 0) // page_size) for t in totals.values())
 
 
 def _check_totals(totals: dict[str, int | None], tables: dict[str, dict]) -> None:

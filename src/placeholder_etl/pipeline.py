@@ -21,7 +21,14 @@ from typing import Any
 
 import pandas as pd
 
-from placeholder_etl.client import ApiClient, ClientSettings, Page, Paging, ordered_map
+from placeholder_etl.client import (
+    ApiClient,
+    ClientSettings,
+    Page,
+    Paging,
+    ordered_map,
+    pages_for,
+)
 from placeholder_etl.errors import PermanentError
 from placeholder_etl.load import TEMP_SUFFIX, atomic_write, concat_files, fsync_file, make_tag
 from placeholder_etl.resources import RESOURCE_NAMES
@@ -124,7 +131,7 @@ def plan_chunks(
         if total is None:
             chunks.append(ChunkSpec(api_url, resource, 1, None, page_size, paging))
             continue
-        pages = math.ceil(total / page_size)
+        pages = pages_for(total, page_size)
         for first in range(1, pages + 1, pages_per_chunk):
             last = min(first + pages_per_chunk - 1, pages)
             chunks.append(ChunkSpec(api_url, resource, first, last, page_size, paging))
@@ -133,8 +140,12 @@ def plan_chunks(
 
 def auto_pages_per_chunk(totals: Mapping[str, int | None], page_size: int, slots: int) -> int:
     """Pages per task so that each of ``slots`` workers gets about two fat tasks."""
-    pages = sum(math.ceil((t or 0) / page_size) for t in totals.values())
-    return max(1, math.ceil(pages / max(1, 2 * slots)))
+    return max(1, math.ceil(total_pages(totals, page_size) / max(1, 2 * slots)))
+
+
+def total_pages(totals: Mapping[str, int | None], page_size: int) -> int:
+    """Pages needed for every resource whose total is known."""
+    return sum(pages_for(t or 0, page_size) for t in totals.values())
 
 
 def worker_name() -> str:
