@@ -10,6 +10,7 @@ from placeholder_etl.errors import ContractError
 from placeholder_etl.transform import (
     ACTIVITY_COLUMNS,
     FLAT_COLUMNS,
+    SEED_COLUMNS,
     flatten_records,
     summarize_activity,
     transform_users,
@@ -192,17 +193,25 @@ def test_flatten_matches_the_obvious_definition(resource) -> None:
 
 
 @pytest.mark.parametrize("keep_formulas", [False, True])
+@pytest.mark.parametrize("odd_at", ["start", "end", "none"])
 @pytest.mark.parametrize("resource", list(FLAT_COLUMNS))
-def test_fast_rows_are_byte_for_byte_the_pandas_rows(resource, keep_formulas) -> None:
-    """The pipeline writes CSV from tuples; it must equal the DataFrame path exactly."""
+def test_fast_rows_are_byte_for_byte_the_pandas_rows(resource, odd_at, keep_formulas) -> None:
+    """The pipeline writes CSV from tuples; it must equal the DataFrame path exactly.
+
+    Odd values (formulas, quotes, newlines, unicode) in the first records' first text
+    field, in the last record's last text field, or nowhere (the unguarded fast path).
+    """
     from placeholder_etl.fakedata import make_records
     from placeholder_etl.transform import csv_rows, flat_rows, neutralise_formulas, seed_row
 
     records = make_records(resource, 1, 300, seed=11)
     odd = ['=cmd|"x"', "+1", "-2", "@SUM(A1)", "", 'quote "q", comma', "line\nbreak", "Zoë ✓"]
     text_keys = [k for k, v in records[0].items() if isinstance(v, str)]
-    for record, value in zip(records, odd, strict=False):  # odd values in the first records
-        record[text_keys[0]] = value
+    if odd_at == "start":
+        for record, value in zip(records, odd, strict=False):
+            record[text_keys[0]] = value
+    elif odd_at == "end":
+        records[-1][text_keys[-1]] = "=1+1"
 
     def pandas_bytes(frame: pd.DataFrame) -> bytes:
         frame = frame if keep_formulas else neutralise_formulas(frame)
@@ -213,3 +222,11 @@ def test_fast_rows_are_byte_for_byte_the_pandas_rows(resource, keep_formulas) ->
     if resource == "users":
         seed = transform_users(records)
         assert csv_rows(map(seed_row, records), keep_formulas) == pandas_bytes(seed)
+
+
+def test_csv_header_is_the_pandas_header() -> None:
+    from placeholder_etl.rows import csv_header
+
+    for columns in (SEED_COLUMNS, *FLAT_COLUMNS.values()):
+        expected = pd.DataFrame(columns=list(columns)).to_csv(index=False).encode()
+        assert csv_header(columns) == expected

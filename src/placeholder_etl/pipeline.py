@@ -19,8 +19,6 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
 from placeholder_etl.client import (
     ApiClient,
     ClientSettings,
@@ -32,15 +30,13 @@ from placeholder_etl.client import (
 from placeholder_etl.errors import PermanentError
 from placeholder_etl.load import TEMP_SUFFIX, atomic_write, concat_files, fsync_file, make_tag
 from placeholder_etl.resources import RESOURCE_NAMES
-from placeholder_etl.transform import (
+from placeholder_etl.rows import (
     FLAT_COLUMNS,
     SEED_COLUMNS,
     csv_header,
     csv_rows,
     flat_rows,
     seed_row,
-    summarize_activity,
-    to_csv_rows,
 )
 
 __all__ = [
@@ -312,6 +308,10 @@ def assemble_table(
 
 
 def _sorted_table(table: str, header: bytes, parts: Sequence[str], out: Any) -> tuple:
+    import pandas as pd  # only here and in build_activity: workers never need it
+
+    from placeholder_etl.transform import to_csv_rows
+
     id_column = "ID" if table == "users" else "id"
     names = header.decode().rstrip("\n").split(",")
     frames = [
@@ -336,6 +336,10 @@ def build_activity(flat_tables: Mapping[str, str], dest: Path) -> dict:
             and ``photos`` (only the id columns, the user's name and ``completed`` are read).
         dest: where to write the CSV.
     """
+    import pandas as pd
+
+    from placeholder_etl.transform import summarize_activity
+
     usecols = {
         "users_flat": ["id", "name"],
         "posts": ["user_id", "id"],

@@ -4,20 +4,28 @@
 - :func:`flatten_records` flattens any resource (``address.geo.lat`` → ``address_geo_lat``).
 - :func:`summarize_activity` joins every resource into one row of activity per user.
 
-No I/O and no Prefect here: the flow and the notebooks call these on one page at a time.
+No I/O and no Prefect here. The flow writes the same rows without pandas
+(:mod:`placeholder_etl.rows`); the notebooks call these.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from operator import itemgetter
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pandas as pd
 
 from placeholder_etl.errors import ContractError
+from placeholder_etl.rows import (  # the tuple/CSV twins used on the hot path
+    FLAT_COLUMNS,
+    FORMULA_PREFIXES,
+    SEED_COLUMNS,
+    csv_header,
+    csv_rows,
+    flat_rows,
+    row_of,
+    seed_row,
+)
 
 __all__ = [
     "ACTIVITY_COLUMNS",
@@ -34,41 +42,6 @@ __all__ = [
     "transform_users",
 ]
 
-SEED_COLUMNS: tuple[str, ...] = (
-    "ID",
-    "Name",
-    "Username",
-    "Email",
-    "Address",
-    "PhoneNumber",
-    "Company",
-)
-
-#: Columns of each flattened table, in the API's field order.
-FLAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    "users": (
-        "id",
-        "name",
-        "username",
-        "email",
-        "address_street",
-        "address_suite",
-        "address_city",
-        "address_zipcode",
-        "address_geo_lat",
-        "address_geo_lng",
-        "phone",
-        "website",
-        "company_name",
-        "company_catch_phrase",
-        "company_bs",
-    ),
-    "posts": ("user_id", "id", "title", "body"),
-    "comments": ("post_id", "id", "name", "email", "body"),
-    "albums": ("user_id", "id", "title"),
-    "photos": ("album_id", "id", "title", "url", "thumbnail_url"),
-    "todos": ("user_id", "id", "title", "completed"),
-}
 _FLOAT_COLUMNS = ("address_geo_lat", "address_geo_lng")
 
 ACTIVITY_COLUMNS: tuple[str, ...] = (
@@ -101,67 +74,6 @@ def transform_users(users: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     return frame.sort_values("ID", kind="stable", ignore_index=True)
 
 
-def seed_row(user: Mapping[str, Any]) -> tuple[Any, ...]:
-    """One user's row of the seed table, in :data:`SEED_COLUMNS` order."""
-    address = user["address"]
-    return (
-        user["id"],
-        user["name"],
-        user["username"],
-        user["email"],
-        f"{address['street']}, {address['suite']}, {address['city']}",
-        user["phone"],
-        user["company"]["name"],
-    )
-
-
-def flat_rows(resource: str, records: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
-    """Rows of :func:`flatten_records` as tuples (coordinates as floats), without a DataFrame.
-
-    Raises:
-        ContractError: a coordinate is not a number.
-    """
-    row = _ROW_OF[resource]
-    if resource != "users":
-        return [row(record) for record in records]
-    rows = []
-    for record in records:
-        values = list(row(record))
-        for index in (8, 9):  # address_geo_lat, address_geo_lng
-            try:
-                values[index] = float(values[index])
-            except ValueError:
-                column = FLAT_COLUMNS["users"][index]
-                raise ContractError(
-                    f"users: record id={record['id']} field {column.replace('_', '.')}: "
-                    f"not a number, got {values[index]!r}"
-                ) from None
-        rows.append(tuple(values))
-    return rows
-
-
-def csv_rows(rows: Iterable[Sequence[Any]], keep_formulas: bool = False) -> bytes:
-    """Rows as CSV without a header, byte for byte what ``DataFrame.to_csv`` writes for them.
-
-    pandas writes through :mod:`csv` (minimal quoting, ``\n`` line ends); doing the same from
-    tuples skips building a DataFrame per page. Formulas are guarded as in
-    :func:`neutralise_formulas` unless ``keep_formulas``.
-    """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    if keep_formulas:
-        writer.writerows(rows)
-    else:
-        writer.writerows(tuple(map(_guard, row)) for row in rows)
-    return buffer.getvalue().encode()
-
-
-def _guard(value: Any) -> Any:
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
 def flatten_records(resource: str, records: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
     """Flatten nested records into one column per leaf, snake_case, joined with ``_``.
 
@@ -175,7 +87,7 @@ def flatten_records(resource: str, records: Iterable[Mapping[str, Any]]) -> pd.D
         ContractError: a coordinate is not a number.
     """
     columns = FLAT_COLUMNS[resource]
-    row = _ROW_OF[resource]
+    row = row_of(resource)
     frame = pd.DataFrame.from_records([row(record) for record in records], columns=list(columns))
     for column in _FLOAT_COLUMNS:
         if column in frame.columns:
@@ -222,9 +134,6 @@ def summarize_activity(
     return summary.sort_index().reset_index(drop=True)[list(ACTIVITY_COLUMNS)]
 
 
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-
 def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     """Prefix text that a spreadsheet would run as a formula (``=``, ``+``, ``-``, ``@``) with ``'``.
 
@@ -247,47 +156,9 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def csv_header(columns: Iterable[str]) -> bytes:
-    """The CSV header line pandas writes for ``columns``."""
-    return pd.DataFrame(columns=list(columns)).to_csv(index=False).encode()
-
-
 def to_csv_rows(frame: pd.DataFrame) -> bytes:
     """``frame`` as CSV rows without a header, exactly as ``DataFrame.to_csv`` writes them."""
     return frame.to_csv(index=False, header=False).encode()
-
-
-def _user_row(user: Mapping[str, Any]) -> tuple[Any, ...]:
-    address, company = user["address"], user["company"]
-    return (
-        user["id"],
-        user["name"],
-        user["username"],
-        user["email"],
-        address["street"],
-        address["suite"],
-        address["city"],
-        address["zipcode"],
-        address["geo"]["lat"],
-        address["geo"]["lng"],
-        user["phone"],
-        user["website"],
-        company["name"],
-        company["catchPhrase"],
-        company["bs"],
-    )
-
-
-# One function per resource that reads a record's leaves in FLAT_COLUMNS order: a direct
-# lookup is ~30x faster than walking each record's keys and renaming them to snake_case.
-_ROW_OF: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {
-    "users": _user_row,
-    "posts": itemgetter("userId", "id", "title", "body"),
-    "comments": itemgetter("postId", "id", "name", "email", "body"),
-    "albums": itemgetter("userId", "id", "title"),
-    "photos": itemgetter("albumId", "id", "title", "url", "thumbnailUrl"),
-    "todos": itemgetter("userId", "id", "title", "completed"),
-}
 
 
 def _to_float(frame: pd.DataFrame, column: str, resource: str) -> pd.Series:
