@@ -109,3 +109,18 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     assert "run" in result.stdout
     assert "serve-api" in result.stdout
+
+
+def test_command_line_runs_start_no_heartbeat_thread_unless_asked(monkeypatch) -> None:
+    """Prefect joins a flow run's heartbeat thread at its end, up to a second late."""
+    from prefect.settings import get_current_settings
+
+    from placeholder_etl.runner import _no_heartbeat_unless_asked
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    with _no_heartbeat_unless_asked():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == 180
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with _no_heartbeat_unless_asked():
+        assert get_current_settings().flows.heartbeat_frequency is not None

@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from distributed import Client
 
-from placeholder_etl.cluster import WorkerSetupError, dask_runner_kwargs
+from placeholder_etl.cluster import (
+    PROCESSES_FROM_RECORDS,
+    WorkerSetupError,
+    dask_runner_kwargs,
+    fit_local_cluster,
+    local_cluster_kwargs,
+    use_processes,
+)
 from placeholder_etl.flow import etl
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
@@ -213,3 +220,60 @@ def test_a_worker_killed_mid_run_loses_no_rows(tmp_path) -> None:
         assert ids == list(range(1, 3001))  # every row, once, in order
     finally:
         _stop([scheduler, *processes[1:]])
+
+
+def test_processes_are_for_big_runs_or_when_asked() -> None:
+    assert not use_processes(10)
+    assert not use_processes(PROCESSES_FROM_RECORDS - 1)
+    assert use_processes(PROCESSES_FROM_RECORDS)
+    assert use_processes(None)  # unknown size: assume big
+    assert use_processes(10, processes=True)
+    assert not use_processes(10**9, processes=False)
+
+
+def test_fit_local_cluster_only_reshapes_an_automatic_local_cluster() -> None:
+    from prefect_dask import DaskTaskRunner
+
+    def fitted(records, processes=None, threads=None, **options):
+        runner = DaskTaskRunner(**dask_runner_kwargs(processes=processes, **options))
+        fit_local_cluster(runner, records, processes, threads)
+        return runner.cluster_kwargs
+
+    assert fitted(10) == local_cluster_kwargs(False)
+    assert fitted(10, threads=3)["threads_per_worker"] == 3
+    assert fitted(PROCESSES_FROM_RECORDS)["processes"] is True
+    assert fitted(10, processes=True)["processes"] is True  # asked for
+    assert fitted(10, adapt_max=3)["processes"] is True  # adaptive scaling adds processes
+    assert fitted(10, cluster="saturn")["n_workers"] == 2  # not a LocalCluster: untouched
+    assert fitted(10, address="tcp://127.0.0.1:1") == {}
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_local_clusters_listen_on_loopback_only(processes) -> None:
+    import psutil
+    from distributed import LocalCluster
+
+    with LocalCluster(**local_cluster_kwargs(processes, workers=1)) as cluster:
+        me = psutil.Process()
+        listening = [
+            conn.laddr.ip
+            for proc in (me, *me.children(recursive=True))
+            for conn in proc.net_connections(kind="inet")
+            if conn.status == psutil.CONN_LISTEN
+        ]
+        assert cluster.scheduler_address.startswith("inproc://" if not processes else "tcp://")
+    assert listening
+    assert set(listening) == {"127.0.0.1"}
+
+
+def test_the_default_cluster_fits_the_run(api, tmp_path) -> None:
+    """A small run gets one worker in the flow's process; asking gives worker processes."""
+    common = {"api_url": api.url, "runner": "dask", "use_cache": False,
+              "cache_dir": str(tmp_path / "cache")}  # fmt: skip
+    small = etl(output_dir=str(tmp_path / "auto"), **common)
+    assert len(small["workers"]) == 1
+    assert small["workers"][0].startswith("inproc://")
+    procs = etl(output_dir=str(tmp_path / "procs"), dask_processes=True, dask_threads=1, **common)
+    assert procs["workers"]
+    assert all(w.startswith("tcp://127.0.0.1:") for w in procs["workers"])
+    assert small["tables"]["users"]["sha256"] == procs["tables"]["users"]["sha256"]

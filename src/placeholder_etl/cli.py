@@ -92,6 +92,15 @@ def run(
     dask_adapt_max: Annotated[
         int | None, typer.Option(min=1, help="Adaptive: max workers.")
     ] = None,
+    dask_processes: Annotated[
+        bool | None,
+        typer.Option(
+            "--dask-processes/--no-dask-processes",
+            help="LocalCluster workers as processes, or as threads in this process "
+            "[default: processes from 200,000 records on]",
+            show_default=False,
+        ),
+    ] = None,
     pages_per_task: Annotated[int | None, typer.Option(min=1, help="Pages per task.")] = None,
     in_flight: Annotated[int, typer.Option(min=1, help="Requests in flight per task.")] = 16,
     request_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 10.0,
@@ -149,6 +158,7 @@ def run(
         "dask_scheduler_size": dask_scheduler_size,
         "dask_adapt_min": dask_adapt_min,
         "dask_adapt_max": dask_adapt_max,
+        "dask_processes": dask_processes,
         "pages_per_task": pages_per_task,
         "in_flight": in_flight,
         "request_timeout": request_timeout,

@@ -14,16 +14,26 @@ from placeholder_etl.errors import PermanentError
 from placeholder_etl.settings import local_slots
 
 __all__ = [
+    "PROCESSES_FROM_RECORDS",
     "ClusterKind",
     "WorkerSetupError",
     "check_workers",
     "cluster_threads",
     "dask_runner_kwargs",
     "default_cluster",
+    "fit_local_cluster",
+    "local_cluster_kwargs",
+    "use_processes",
 ]
 
 ClusterKind = Literal["local", "saturn"]
 PACKAGE = "placeholder_etl"
+
+#: From this many records on, a LocalCluster runs its workers as processes, one per core
+#: (parsing and CSV writing need the cores). Below it they are threads in the flow's process:
+#: worker processes cost ~1 s to start (each imports Prefect) and ~0.5 s to stop, more than
+#: they save on a run this small (benchmarks/RESULTS.md measures both sides).
+PROCESSES_FROM_RECORDS = 200_000
 
 
 class WorkerSetupError(PermanentError):
@@ -44,6 +54,7 @@ def dask_runner_kwargs(
     scheduler_size: str | None = None,
     adapt_min: int | None = None,
     adapt_max: int | None = None,
+    processes: bool | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``prefect_dask.DaskTaskRunner``.
 
@@ -55,6 +66,9 @@ def dask_runner_kwargs(
         threads: threads per worker.
         worker_size, scheduler_size: Saturn instance sizes (``large``, ``xlarge``, …).
         adapt_min, adapt_max: adaptive scaling bounds, passed to ``cluster.adapt``.
+        processes: LocalCluster workers as processes (True) or one worker in this process
+            (False); None sets up processes, and :func:`fit_local_cluster` may switch to
+            this process once the run's size is known (before the cluster starts).
     """
     if address:
         return {"address": address}
@@ -65,15 +79,7 @@ def dask_runner_kwargs(
     }
     kind = cluster or default_cluster()
     if kind == "local":
-        kwargs: dict[str, Any] = {
-            "n_workers": workers or local_slots(),
-            "threads_per_worker": threads or 2,
-            "processes": True,
-            "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:0",
-            # import the tasks while the workers start, all at once, not on first use
-            "preload": ["placeholder_etl.flow"],
-        }
+        kwargs = local_cluster_kwargs(processes is not False, workers, threads)
         cluster_class = "distributed.LocalCluster"
     elif kind == "saturn":
         kwargs = {"n_workers": workers or 2, "shutdown_on_close": False}
@@ -87,6 +93,70 @@ def dask_runner_kwargs(
     else:
         raise ValueError(f"unknown Dask cluster {kind!r}: use 'local' or 'saturn'")
     return {"cluster_class": cluster_class, "cluster_kwargs": kwargs, "adapt_kwargs": adapt}
+
+
+def local_cluster_kwargs(
+    processes: bool, workers: int | None = None, threads: int | None = None
+) -> dict[str, Any]:
+    """``LocalCluster`` arguments: worker processes, or one worker in this process.
+
+    Processes: ``workers`` (default one per core) of ``threads`` threads (default 2), which
+    import the tasks while they start (``preload``) rather than on their first task. In this
+    process: one worker of ``threads`` threads (default 1: the work holds the GIL, so more
+    task threads only contend for it; each task still has its requests in flight).
+    Everything listens on 127.0.0.1 only.
+    """
+    if not processes:
+        return {
+            "n_workers": 1,
+            "threads_per_worker": threads or 1,
+            "processes": False,
+            "dashboard_address": "127.0.0.1:0",
+            "worker_dashboard_address": "127.0.0.1:0",
+        }
+    return {
+        "n_workers": workers or local_slots(),
+        "threads_per_worker": threads or 2,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": "127.0.0.1:0",
+        "preload": ["placeholder_etl.flow"],
+    }
+
+
+def use_processes(records: int | None, processes: bool | None = None) -> bool:
+    """Whether a run of ``records`` (None: unknown) gets LocalCluster worker processes.
+
+    ``processes`` (the ``--dask-processes`` option) decides when given; else runs from
+    :data:`PROCESSES_FROM_RECORDS` records on, or of unknown size, get processes.
+    """
+    if processes is not None:
+        return processes
+    return records is None or records >= PROCESSES_FROM_RECORDS
+
+
+def fit_local_cluster(
+    task_runner: Any, records: int | None, processes: bool | None, threads: int | None = None
+) -> None:
+    """Before a ``DaskTaskRunner`` starts its LocalCluster, shape it for the run's size.
+
+    With ``processes`` None (automatic) the runner was set up with worker processes
+    (:func:`dask_runner_kwargs`); a run of fewer than :data:`PROCESSES_FROM_RECORDS` records
+    gets one worker of ``threads`` threads in this process instead. The runner creates its
+    cluster on first use, so this is called after counting and before the first task is
+    submitted. Runners that connect to a scheduler, start another kind of cluster, scale
+    adaptively or have started already are left alone.
+    """
+    if (
+        processes is not None
+        or use_processes(records)
+        or getattr(task_runner, "cluster_class", None) != "distributed.LocalCluster"
+        or not getattr(task_runner, "cluster_kwargs", {}).get("processes")
+        or getattr(task_runner, "adapt_kwargs", None)
+        or getattr(task_runner, "_client", None) is not None
+    ):
+        return
+    task_runner.cluster_kwargs = local_cluster_kwargs(False, threads=threads)
 
 
 def _probe() -> str:

@@ -28,16 +28,18 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.tasks import exponential_backoff
 
 from placeholder_etl import pipeline
-from placeholder_etl.client import DEFAULT_API_URL, ApiClient, ClientSettings, Paging
+from placeholder_etl.client import DEFAULT_API_URL, ApiClient, ClientSettings, Paging, ordered_map
 from placeholder_etl.cluster import (
     ClusterKind,
     check_workers,
     cluster_threads,
     dask_runner_kwargs,
+    fit_local_cluster,
 )
 from placeholder_etl.errors import PermanentError, is_transient
 from placeholder_etl.load import Staging, manifest_bytes, remove_stale_temps
@@ -89,16 +91,19 @@ _RETRYING: dict[str, Any] = {
     **_RETRYING,
 )
 def count_records(
-    api_url: str, resource: str, settings: ClientSettings, paging: Paging, cache_dir: str
-) -> Any:
-    """How many records ``resource`` has (None when the server does not say).
+    api_url: str, resources: list[str], settings: ClientSettings, paging: Paging, cache_dir: str
+) -> dict[str, int | None]:
+    """How many records each resource has (None when the server does not say).
 
-    ``cache_dir`` is only part of the cache key: a fresh ``--cache-dir`` is a fresh cache.
+    The resources are asked at once. ``cache_dir`` is only part of the cache key: a fresh
+    ``--cache-dir`` is a fresh cache.
     """
     with ApiClient(api_url, settings) as client:
-        total = client.count(resource, 1, paging)
-    get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
-    return total
+        counts = ordered_map(lambda name: client.count(name, 1, paging), resources, len(resources))
+        totals = dict(zip(resources, counts, strict=True))
+    for resource, total in totals.items():
+        get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
+    return totals
 
 
 @task(
@@ -195,6 +200,8 @@ def pipeline_flow(
     report: bool,
     keep_formulas: bool,
     run_id: str,
+    dask_processes: bool | None = None,
+    dask_threads: int | None = None,
 ) -> dict[str, Any]:
     """Run the pipeline on the task runner this flow was given (see :func:`etl`)."""
     logger = get_run_logger()
@@ -217,15 +224,13 @@ def pipeline_flow(
         options["cache_policy"] = NO_CACHE
         parts_dir = parts_dir / f"run-{run_id}"
     try:
-        slots = _prepare_workers(slots)
-        counter = count_records.with_options(**options)
-        extractor = extract_chunk_task.with_options(**options)
-
-        totals_futures = counter.map(
-            unmapped(api_url), resources, unmapped(settings), unmapped(paging), unmapped(cache_dir)
+        # Counted here, in the flow's process, so the Dask cluster can be sized to the run.
+        totals = count_records.with_options(**options)(
+            api_url, resources, settings, paging, cache_dir
         )
-        totals = dict(zip(resources, totals_futures.result(), strict=True))
         counted = time.perf_counter()
+        slots = _prepare_workers(slots, totals, dask_processes, dask_threads)
+        extractor = extract_chunk_task.with_options(**options)
         per_task = pages_per_task or pipeline.auto_pages_per_chunk(totals, page_size, slots)
         chunks = pipeline.plan_chunks(api_url, totals, page_size, per_task, paging)
         logger.info(
@@ -410,8 +415,17 @@ def make_task_runner(runner: Runner, **dask_options: Any):
     raise ValueError(f"unknown runner {runner!r}: use 'local' or 'dask'")
 
 
-def _prepare_workers(default_slots: int) -> int:
-    """On Dask: check every worker can run the tasks; return the cluster's worker threads."""
+def _prepare_workers(
+    default_slots: int,
+    totals: dict[str, int | None],
+    processes: bool | None,
+    threads: int | None,
+) -> int:
+    """On Dask: start the cluster, sized to the run, check every worker can run the tasks.
+
+    Returns:
+        The cluster's worker threads (``default_slots`` when not on Dask).
+    """
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
@@ -421,6 +435,8 @@ def _prepare_workers(default_slots: int) -> int:
 
     if not isinstance(context.task_runner, DaskTaskRunner):
         return default_slots
+    records = None if None in totals.values() else sum(totals.values())  # type: ignore[arg-type]
+    fit_local_cluster(context.task_runner, records, processes, threads)
     client = context.task_runner.client  # connects (or starts the cluster) now
     workers = check_workers(client)
     get_run_logger().info(
@@ -452,6 +468,7 @@ def etl(
     dask_scheduler_size: str | None = None,
     dask_adapt_min: int | None = None,
     dask_adapt_max: int | None = None,
+    dask_processes: bool | None = None,
     pages_per_task: int | None = None,
     in_flight: int = 16,
     request_timeout: float = 10.0,
@@ -473,8 +490,8 @@ def etl(
         page_size: records per request.
         paging: ``page`` (``_page``/``_limit``) or ``start`` (``_start``/``_limit``).
         runner: ``dask`` (a DaskTaskRunner on a LocalCluster) or ``local`` (threads).
-        dask_workers: LocalCluster workers (default: one per core).
-        dask_threads: threads per worker (default 2).
+        dask_workers: LocalCluster worker processes (default: one per core).
+        dask_threads: threads per worker (default 2 in a worker process, 1 in the flow's).
         dask_address: an existing Dask scheduler (``tcp://host:8786``) to run the tasks on
             instead of starting a cluster.
         dask_cluster: ``local`` (LocalCluster) or ``saturn`` (``dask_saturn.SaturnCluster``);
@@ -483,6 +500,10 @@ def etl(
         dask_scheduler_size: Saturn scheduler instance size.
         dask_adapt_min: adaptive scaling: fewest workers.
         dask_adapt_max: adaptive scaling: most workers.
+        dask_processes: LocalCluster workers as processes (True) or one worker in the
+            flow's process (False); default: processes from 200,000 records on
+            (:data:`placeholder_etl.cluster.PROCESSES_FROM_RECORDS`) or when
+            ``dask_workers`` is given, else the flow's process.
         pages_per_task: pages one task fetches (default: about two tasks per worker thread).
         in_flight: requests in flight per task.
         request_timeout: seconds to wait for each response.
@@ -516,24 +537,33 @@ def etl(
         scheduler_size=dask_scheduler_size,
         adapt_min=dask_adapt_min,
         adapt_max=dask_adapt_max,
+        processes=dask_processes,
     )
-    return pipeline_flow.with_options(task_runner=task_runner)(
-        api_url=api_url.rstrip("/"),
-        output_dir=output_dir,
-        resources=names,
-        page_size=page_size,
-        paging=paging,
-        pages_per_task=pages_per_task,
-        in_flight=in_flight,
-        slots=slots,
-        request_timeout=request_timeout,
-        request_retries=request_retries,
-        task_retries=task_retries,
-        retry_delay=retry_delay,
-        use_cache=use_cache,
-        cache_dir=str(Path(cache_dir).expanduser() if cache_dir else default_cache_dir()),
-        cache_hours=cache_hours,
-        report=report,
-        keep_formulas=keep_formulas,
-        run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
-    )
+    if dask_processes is None and dask_workers:
+        dask_processes = True  # asking for workers is asking for worker processes
+    # No heartbeat thread of its own for the subflow: this flow's heartbeat already covers the
+    # process, and Prefect joins a heartbeat thread that sleeps in 1 s steps, so every flow
+    # run ends up to a second late (half a second on average).
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return pipeline_flow.with_options(task_runner=task_runner)(
+            api_url=api_url.rstrip("/"),
+            output_dir=output_dir,
+            resources=names,
+            page_size=page_size,
+            paging=paging,
+            pages_per_task=pages_per_task,
+            in_flight=in_flight,
+            slots=slots,
+            request_timeout=request_timeout,
+            request_retries=request_retries,
+            task_retries=task_retries,
+            retry_delay=retry_delay,
+            use_cache=use_cache,
+            cache_dir=str(Path(cache_dir).expanduser() if cache_dir else default_cache_dir()),
+            cache_hours=cache_hours,
+            report=report,
+            keep_formulas=keep_formulas,
+            dask_processes=dask_processes,
+            dask_threads=dask_threads,
+            run_id=f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}",
+        )

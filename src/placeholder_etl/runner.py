@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from rich.console import Console
@@ -34,7 +36,7 @@ def run_etl(api_url: str, params: dict[str, Any], bundled_users: int = 10) -> in
         from placeholder_etl.prefect_api import drain, prefect_api
 
         try:
-            with prefect_api():
+            with prefect_api(), _no_heartbeat_unless_asked():
                 try:
                     manifest = etl(api_url=api_url, **params)
                 finally:
@@ -48,6 +50,24 @@ def run_etl(api_url: str, params: dict[str, Any], bundled_users: int = 10) -> in
         print(f"error: the data was written, but {manifest['report_error']}", file=sys.stderr)
         return 3
     return 0
+
+
+@contextmanager
+def _no_heartbeat_unless_asked() -> Iterator[None]:
+    """No flow-run heartbeat thread for a command-line run, unless the environment asks.
+
+    Prefect 3.9 starts one per flow run (every 180 s) for zombie detection, which needs an
+    automation you set up; ending a run joins that thread, which sleeps in 1 s steps, so
+    each run finished up to a second late. ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` in the
+    environment keeps them on. Deployments run by a worker are not affected.
+    """
+    if os.environ.get("PREFECT_FLOWS_HEARTBEAT_FREQUENCY"):
+        yield
+        return
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
 
 
 def _one_line(exc: BaseException) -> str:
