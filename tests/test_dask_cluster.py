@@ -64,6 +64,8 @@ def start_cluster(tmp: Path, workers: int, worker_code: str | None = None) -> tu
                 "--port",
                 "0",
                 "--no-dashboard",
+                "--dashboard-address",  # its HTTP server (metrics) listens anyway
+                "127.0.0.1:0",
                 "--scheduler-file",
                 str(scheduler_file),
             ],
@@ -88,6 +90,8 @@ def start_cluster(tmp: Path, workers: int, worker_code: str | None = None) -> tu
                     "--host",
                     "127.0.0.1",
                     "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
                     "--name",
                     f"test-worker-{n}",
                 ],
@@ -253,17 +257,21 @@ def test_local_clusters_listen_on_loopback_only(processes) -> None:
     import psutil
     from distributed import LocalCluster
 
-    with LocalCluster(**local_cluster_kwargs(processes, workers=1)) as cluster:
+    def listening() -> set[tuple[str, int]]:
         me = psutil.Process()
-        listening = [
-            conn.laddr.ip
+        return {
+            (conn.laddr.ip, conn.laddr.port)
             for proc in (me, *me.children(recursive=True))
             for conn in proc.net_connections(kind="inet")
             if conn.status == psutil.CONN_LISTEN
-        ]
-        assert cluster.scheduler_address.startswith("inproc://" if not processes else "tcp://")
-    assert listening
-    assert set(listening) == {"127.0.0.1"}
+        }
+
+    before = listening()  # other tests' servers in this process
+    with LocalCluster(**local_cluster_kwargs(processes, workers=1)) as cluster:
+        opened = listening() - before
+        assert cluster.scheduler_address.startswith("tcp://" if processes else "inproc://")
+    assert opened  # at least the dashboard
+    assert {ip for ip, _ in opened} == {"127.0.0.1"}
 
 
 def test_the_default_cluster_fits_the_run(api, tmp_path) -> None:

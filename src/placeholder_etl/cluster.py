@@ -100,11 +100,11 @@ def local_cluster_kwargs(
 ) -> dict[str, Any]:
     """``LocalCluster`` arguments: worker processes, or one worker in this process.
 
-    Processes: ``workers`` (default one per core) of ``threads`` threads (default 2), which
-    import the tasks while they start (``preload``) rather than on their first task. In this
-    process: one worker of ``threads`` threads (default 1: the work holds the GIL, so more
-    task threads only contend for it; each task still has its requests in flight).
-    Everything listens on 127.0.0.1 only.
+    Processes: ``workers`` (default one per core), which import the tasks while they start
+    (``preload``) rather than on their first task. In this process: one worker. Either way
+    ``threads`` task threads per worker, default 1: parsing and writing hold the GIL, so
+    more task threads in one process only contend for it (each task keeps its own requests
+    in flight). Everything listens on 127.0.0.1 only.
     """
     if not processes:
         return {
@@ -116,7 +116,7 @@ def local_cluster_kwargs(
         }
     return {
         "n_workers": workers or local_slots(),
-        "threads_per_worker": threads or 2,
+        "threads_per_worker": threads or 1,
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": "127.0.0.1:0",

@@ -491,7 +491,8 @@ def etl(
         paging: ``page`` (``_page``/``_limit``) or ``start`` (``_start``/``_limit``).
         runner: ``dask`` (a DaskTaskRunner on a LocalCluster) or ``local`` (threads).
         dask_workers: LocalCluster worker processes (default: one per core).
-        dask_threads: threads per worker (default 2 in a worker process, 1 in the flow's).
+        dask_threads: task threads per worker (default 1; each task has ``in_flight``
+            requests in flight).
         dask_address: an existing Dask scheduler (``tcp://host:8786``) to run the tasks on
             instead of starting a cluster.
         dask_cluster: ``local`` (LocalCluster) or ``saturn`` (``dask_saturn.SaturnCluster``);
@@ -526,7 +527,7 @@ def etl(
     names = list(resolve_resources(resources))
     if page_size < 1 or in_flight < 1:
         raise ValueError("page_size and in_flight must be at least 1")
-    slots = (dask_workers or local_slots()) * (dask_threads or 2)
+    slots = (dask_workers or local_slots()) * (dask_threads or 1)
     task_runner = make_task_runner(
         runner,
         cluster=dask_cluster,

@@ -7,6 +7,7 @@ and appended to part files inside :func:`extract_chunk`, which returns only path
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import itertools
 import math
@@ -154,6 +155,25 @@ def worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+_frozen = False
+
+
+def freeze_long_lived_objects() -> None:
+    """Keep the garbage collector from rescanning what Prefect and Dask loaded, page after page.
+
+    A page allocates thousands of dicts, so collections run often, and the full ones walk
+    every object in the process: ~160,000 once Prefect and Dask are imported, which made a
+    page cost 19 instead of 13 ms of CPU. After one collection, ``gc.freeze`` moves the
+    objects alive now out of the collector's sight for good; objects made later are
+    collected as usual. Once per process.
+    """
+    global _frozen
+    if not _frozen:
+        _frozen = True
+        gc.collect()
+        gc.freeze()
+
+
 def _pages(spec: ChunkSpec) -> Iterator[int]:
     if spec.last_page is None:
         return itertools.count(spec.first_page)
@@ -184,6 +204,7 @@ def extract_chunk(
         TransientError, PermanentError: as :meth:`ApiClient.fetch_page`.
     """
     settings = settings or ClientSettings()
+    freeze_long_lived_objects()
     out_dir = parts_dir / (f"{spec.key}-raw" if keep_formulas else spec.key)
     out_dir.mkdir(parents=True, exist_ok=True)
     tag = make_tag()
