@@ -470,9 +470,10 @@ def flow_phases(measured: Measured, out: Path) -> dict[str, float]:
     """Where a flow run's wall time went, from its log timestamps and its manifest.
 
     ``before_flow``: process start to the first flow-run log line (imports, ephemeral server,
-    flow-run creation); ``cluster``: Dask LocalCluster start (inside ``count_s``);
-    ``count``/``extract``/``load``: the manifest's timings (``count`` without the cluster
-    start); ``other``: the rest of the wall time (subflow set-up, cluster close, exit).
+    flow-run creation); ``cluster``: Dask LocalCluster start (after the count, inside
+    ``extract_s``); ``count``/``extract``/``load``: the manifest's timings (``extract``
+    without the cluster start); ``other``: the rest of the wall time (subflow set-up,
+    cluster close, exit).
     """
     phases: dict[str, float] = {}
     events = log_events(measured.stderr + "\n" + measured.stdout, measured.started_at)
@@ -485,8 +486,8 @@ def flow_phases(measured: Measured, out: Path) -> dict[str, float]:
     if "cluster_create" in events and "cluster_ready" in events:
         phases["cluster"] = events["cluster_ready"] - events["cluster_create"]
     if timings:
-        phases["count"] = timings["count_s"] - phases.get("cluster", 0.0)
-        phases["extract"] = timings["extract_s"]
+        phases["count"] = timings["count_s"]
+        phases["extract"] = timings["extract_s"] - phases.get("cluster", 0.0)
         phases["load"] = timings["load_s"]
         phases["in_flow"] = timings["total_s"]
         if "before_flow" in phases:
@@ -651,10 +652,8 @@ print(json.dumps({"start_s": t1 - t0, "stop_s": t2 - t1}))
 _CLUSTER_PROBE = """
 import json, sys, time
 from distributed import LocalCluster
-kwargs = dict(n_workers=2, threads_per_worker=2, processes=True, host="127.0.0.1",
-              dashboard_address="127.0.0.1:0")
-if sys.argv[1] == "preload":
-    kwargs["preload"] = ["placeholder_etl.flow"]
+from placeholder_etl.cluster import local_cluster_kwargs
+kwargs = local_cluster_kwargs(processes=sys.argv[1] == "processes")
 t0 = time.perf_counter(); cluster = LocalCluster(**kwargs); t1 = time.perf_counter()
 cluster.close(); t2 = time.perf_counter()
 print(json.dumps({"start_s": t1 - t0, "stop_s": t2 - t1}))
@@ -743,13 +742,16 @@ def fixed_costs(ctx: Context, runs: int) -> list[FixedCost]:
     costs.append(FixedCost("ephemeral Prefect server stop", "SubprocessASGIServer().stop()", stops))
     print(f"  ephemeral server: starts {[round(s, 2) for s in starts]}", flush=True)
 
-    for variant, label in (("bare", ""), ("preload", " + preload placeholder_etl.flow")):
+    for variant, label in (
+        ("threads", ": one worker in the process (runs under 200,000 records)"),
+        ("processes", ": worker processes, tasks preloaded (200,000 records on)"),
+    ):
         starts, stops = [], []
         for _ in range(runs):
             probe = _probe([py, "-c", _CLUSTER_PROBE, variant], env, ctx.timeout)
             starts.append(probe["start_s"])
             stops.append(probe["stop_s"])
-        how = "LocalCluster(n_workers=2, threads_per_worker=2, processes=True)" + label
+        how = f"LocalCluster(**local_cluster_kwargs(processes={variant == 'processes'}))"
         costs.append(FixedCost(f"LocalCluster start{label}", how, starts))
         costs.append(FixedCost(f"LocalCluster close{label}", how + ": close()", stops))
         print(f"  LocalCluster {variant}: starts {[round(s, 2) for s in starts]}", flush=True)
@@ -1098,8 +1100,8 @@ def machine() -> dict[str, str]:
 PHASE_NOTE = (
     "`before flow`: process start → first flow-run log line (imports, flow-run creation); "
     "`Dask cluster start`: LocalCluster start (log timestamps); `count`, `extract`, `load`: "
-    "the manifest's timings (`count` without the cluster start); `other`: the rest (subflow "
-    "set-up/tear-down, cluster close, process exit). CPU s: user+system of the whole process "
+    "the manifest's timings (`extract` without the cluster start, which follows the count); "
+    "`other`: the rest (subflow set-up/tear-down, cluster close, process exit). CPU s: user+system of the whole process "
     "tree; Prefect server CPU s: the running Prefect server's, serving the flow's API calls; "
     "API CPU s: the bundled API server generating and serving the pages, on the same cores."
 )

@@ -286,7 +286,9 @@ def test_external_client_refuses_a_plain_tcp_scheduler(dask_tcp: Dask, saturn_en
         saturn_env(standin, internal=False)
         cluster = SaturnCluster(**SIZES)  # only logs that its worker plugin failed
         with pytest.raises(RuntimeError, match="encryption required"):
-            distributed.Client(cluster, timeout=5)
+            # not the default client: a failed one lingers until collected, and
+            # distributed.get_client() (DaskTaskRunner calls it) would find it
+            distributed.Client(cluster, timeout=5, set_as_default=False)
 
 
 def test_pending_cluster_is_polled_until_ready(dask_tcp: Dask, saturn_env) -> None:

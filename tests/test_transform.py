@@ -230,3 +230,25 @@ def test_csv_header_is_the_pandas_header() -> None:
     for columns in (SEED_COLUMNS, *FLAT_COLUMNS.values()):
         expected = pd.DataFrame(columns=list(columns)).to_csv(index=False).encode()
         assert csv_header(columns) == expected
+
+
+def test_a_chunk_freezes_old_objects_only_while_it_runs(api, tmp_path, monkeypatch) -> None:
+    """Pages skip rescanning Prefect's objects, but nothing stays frozen (kernels run on)."""
+    import gc
+
+    from placeholder_etl import pipeline
+
+    frozen_while_writing: list[int] = []
+    rows_for = pipeline._rows_for
+
+    def spy(*args, **kwargs):
+        frozen_while_writing.append(gc.get_freeze_count())
+        return rows_for(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "_rows_for", spy)
+    spec = pipeline.ChunkSpec(api.url, "users", 1, 2, 5)
+    result = pipeline.extract_chunk(spec, tmp_path / "parts")
+    assert result["rows"] == 10
+    assert frozen_while_writing
+    assert min(frozen_while_writing) > 0
+    assert gc.get_freeze_count() == 0
