@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -124,3 +125,29 @@ def test_command_line_runs_start_no_heartbeat_thread_unless_asked(monkeypatch) -
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     with _no_heartbeat_unless_asked():
         assert get_current_settings().flows.heartbeat_frequency is not None
+
+
+@pytest.mark.parametrize("processes", ["--no-dask-processes", "--dask-processes"])
+def test_without_a_prefect_api_the_run_brings_its_own(tmp_path, monkeypatch, processes) -> None:
+    """`make run`'s path: no PREFECT_API_URL, so one ephemeral Prefect server for the run,
+    shared with the Dask worker processes (they inherit its URL), and stopped at the end."""
+    import re
+    import socket
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    out = tmp_path / "out"
+    result = run_cli(
+        "run", "--api-url", "bundled", "--bundled-users", "12", processes, "--output-dir",
+        str(out), "--cache-dir", str(tmp_path / "cache"),
+        env={"PREFECT_HOME": str(tmp_path / "prefect-home")},  # a first start: creates its DB
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].startswith(f"manifest: {out}/manifest_")
+    workers = json.loads(next(out.glob("manifest_*.json")).read_text())["workers"]
+    assert workers[0].startswith(
+        "tcp://127.0.0.1:" if processes == "--dask-processes" else "inproc://"
+    )
+    started = re.search(r"Starting temporary server on (http://127\.0\.0\.1:(\d+))", result.stderr)
+    assert started, result.stderr[-2000:]
+    with socket.socket() as probe:  # stopped: nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", int(started.group(2)))) != 0
