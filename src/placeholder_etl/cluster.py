@@ -30,9 +30,10 @@ ClusterKind = Literal["local", "saturn"]
 PACKAGE = "placeholder_etl"
 
 #: From this many records on, a LocalCluster runs its workers as processes, one per core
-#: (parsing and CSV writing need the cores). Below it they are threads in the flow's process:
-#: worker processes cost ~1 s to start (each imports Prefect) and ~0.5 s to stop, more than
-#: they save on a run this small (benchmarks/RESULTS.md measures both sides).
+#: (parsing and CSV writing need the cores). Below it, one worker in the flow's process: worker
+#: processes take ~1.5 s to start (each imports Prefect) and ~0.3 s to stop, more than they
+#: save on a small run. Measured on 2 cores: 100,000 users 4.9 s in the process vs 6.3 s with
+#: processes; 1,000,000 users 29.4 s vs 22 s.
 PROCESSES_FROM_RECORDS = 200_000
 
 
@@ -59,7 +60,7 @@ def dask_runner_kwargs(
     """Keyword arguments for ``prefect_dask.DaskTaskRunner``.
 
     Args:
-        cluster: ``local`` (a LocalCluster of worker processes) or ``saturn``
+        cluster: ``local`` (a LocalCluster on this machine) or ``saturn``
             (``dask_saturn.SaturnCluster``); default :func:`default_cluster`.
         address: an existing scheduler (``tcp://host:8786``); wins over ``cluster``.
         workers: worker processes (local) or machines (Saturn).
