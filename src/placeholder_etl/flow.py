@@ -527,6 +527,8 @@ def etl(
     names = list(resolve_resources(resources))
     if page_size < 1 or in_flight < 1:
         raise ValueError("page_size and in_flight must be at least 1")
+    if dask_processes is None and dask_workers:
+        dask_processes = True  # asking for workers is asking for worker processes
     slots = (dask_workers or local_slots()) * (dask_threads or 1)
     task_runner = make_task_runner(
         runner,
@@ -540,8 +542,6 @@ def etl(
         adapt_max=dask_adapt_max,
         processes=dask_processes,
     )
-    if dask_processes is None and dask_workers:
-        dask_processes = True  # asking for workers is asking for worker processes
     # No heartbeat thread of its own for the subflow: this flow's heartbeat already covers the
     # process, and Prefect joins a heartbeat thread that sleeps in 1 s steps, so every flow
     # run ends up to a second late (half a second on average).
