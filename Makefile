@@ -16,7 +16,7 @@ PLACEHOLDER_ETL_REPO ?= https://github.com/placeholder-etl/placeholder-etl.git
 export PLACEHOLDER_ETL_HOME := $(CURDIR)
 export PLACEHOLDER_ETL_REPO
 
-.PHONY: help install run test lint format serve-api lab strip-notebooks server deploy worker serve automation bench bench-quick soak clean
+.PHONY: help install run test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation bench bench-quick soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -35,16 +35,20 @@ run: $(STAMP) ## Run the pipeline offline: bundled API server, ephemeral Prefect
 	$(BIN)/placeholder-etl run --api-url bundled --bundled-users $(USERS) \
 		--runner dask --output-dir $(OUTPUT_DIR)
 
-test: $(STAMP) ## Install and run the test suite (ruff, then pytest)
+test: $(STAMP) ## Install and run every test (ruff, then unit, integration and end-to-end tiers)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-quick: $(STAMP) ## The unit tier only: no servers, no Dask, no kernels (seconds)
+	$(BIN)/pytest tests/unit -q $(PYTEST_ARGS)
 
 lint: $(STAMP) ## ruff check and format check
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check src tests flows
+	$(BIN)/ruff format --check .
 
 format: $(STAMP) ## Format the code with ruff
-	$(BIN)/ruff format src tests flows
+	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
 lab: $(STAMP) ## Start JupyterLab on 127.0.0.1 in notebooks/ (the project's .venv as kernel)
@@ -54,7 +58,7 @@ strip-notebooks: $(STAMP) ## Clear outputs and execution counts before committin
 	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
 
 serve-api: $(STAMP) ## Serve the bundled JSONPlaceholder API on 127.0.0.1:3000 (USERS=10)
-	$(BIN)/placeholder-etl serve-api --users $(USERS)
+	$(BIN)/placeholder-api --users $(USERS)
 
 server: $(STAMP) ## Start a Prefect server on 127.0.0.1:4200 (PREFECT_PORT; SQLite in PREFECT_HOME)
 	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)

@@ -49,7 +49,7 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=0.05)
     args = parser.parse_args()
 
-    from placeholder_etl.server import make_server
+    from placeholder_api.server import make_server
 
     with tempfile.TemporaryDirectory() as tmp:
         out, cache = Path(tmp) / "out", Path(tmp) / "cache"

@@ -39,8 +39,9 @@ def main() -> int:
 
     from prefect.testing.utilities import prefect_test_harness
 
+    from placeholder_api.server import make_server
+    from placeholder_etl.core.settings import ClusterSettings, FetchSettings
     from placeholder_etl.flow import etl
-    from placeholder_etl.server import make_server
 
     rng = random.Random(2026)
     rows = []
@@ -56,9 +57,13 @@ def main() -> int:
                              fault=f"5xx-rate:{args.error_rate}") as server:  # fmt: skip
                 t0 = time.perf_counter()
                 try:
-                    manifest = etl(api_url=server.url, output_dir=str(out), runner=args.runner,
-                                   page_size=args.page_size, use_cache=False,
-                                   cache_dir=str(Path(tmp) / "cache"))  # fmt: skip
+                    manifest = etl(
+                        api_url=server.url,
+                        output_dir=str(out),
+                        fetch=FetchSettings(page_size=args.page_size, cache=False,
+                                            cache_dir=str(Path(tmp) / "cache")),
+                        cluster=ClusterSettings(runner=args.runner),
+                    ).manifest  # fmt: skip
                     error = ""
                 except Exception as exc:  # noqa: BLE001 - a failed run is a result here
                     manifest, error = None, f"{type(exc).__name__}: {exc}"
@@ -66,14 +71,14 @@ def main() -> int:
                 injected = server.stats()["faults_injected"]
             ids: set[int] = set()
             if manifest is not None:
-                users_csv = out / manifest["tables"]["users"]["file"]
+                users_csv = out / manifest.tables["users"].file
                 ids = {
                     int(line.split(",", 1)[0]) for line in users_csv.read_text().splitlines()[1:]
                 }
             lost = args.users - len(ids & set(range(1, args.users + 1)))
             rows.append({"run": run, "ok": manifest is not None, "seconds": seconds,
                          "latency": latency, "injected": injected,
-                         "retries": manifest["retries"] if manifest else 0,
+                         "retries": manifest.retries if manifest else 0,
                          "lost": lost if manifest else args.users, "error": error})  # fmt: skip
             print(f"run {run:3d}: {'ok ' if manifest else 'FAILED'} {seconds:5.1f} s, "
                   f"{injected:3d} 503s injected, lost {rows[-1]['lost']} {error}", flush=True)  # fmt: skip

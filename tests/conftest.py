@@ -1,28 +1,62 @@
-"""Shared fixtures: an isolated PREFECT_HOME, the bundled API server, a Prefect test server."""
+"""Shared fixtures, and the suite's isolation from the machine it runs on.
+
+Tiers, by folder (and marker): ``tests/unit`` (no servers, no Dask, no kernels; ``make
+test-quick``), ``tests/integration`` (loopback servers, a Prefect server, Dask processes),
+``tests/e2e`` (the command line, notebooks in kernels, deployments through a worker).
+
+Before Prefect is imported anywhere, the session gets a Prefect home and a page cache of its
+own (removed at the end), no Prefect API or key from outside, and no telemetry.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-# Before Prefect is imported anywhere: keep the suite away from the user's ~/.prefect and
-# telemetry, and never talk to a Prefect API configured outside the tests.
-_HOME = Path(
-    os.environ.get("PYTEST_PREFECT_HOME") or tempfile.mkdtemp(prefix="placeholder-etl-prefect-")
-)
-os.environ["PREFECT_HOME"] = str(_HOME)
+_SCRATCH = Path(tempfile.mkdtemp(prefix="placeholder-etl-tests-"))
+os.environ["PREFECT_HOME"] = str(_SCRATCH / "prefect-home")
+os.environ["PLACEHOLDER_ETL_CACHE_DIR"] = str(_SCRATCH / "cache")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
-os.environ.pop("PREFECT_API_URL", None)
-os.environ.pop("PREFECT_API_KEY", None)
 os.environ["DASK_LOGGING__DISTRIBUTED"] = "warning"
+_FROM_OUTSIDE = (
+    "PREFECT_API_URL",
+    "PREFECT_API_KEY",
+    "PREFECT_PROFILE",
+    "DASK_SCHEDULER_ADDRESS",
+    "SATURN_BASE_URL",
+    "PLACEHOLDER_ETL_API_URL",
+    "PLACEHOLDER_ETL_OUTPUT_DIR",
+    "PLACEHOLDER_ETL_NOTIFY_WEBHOOK",
+)
+for _name in _FROM_OUTSIDE:
+    os.environ.pop(_name, None)
 
-from placeholder_etl.server import make_server
+from placeholder_api.server import make_server
+from tests.helpers import WebhookReceiver
+
+TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for tier in TIERS:
+        config.addinivalue_line("markers", f"{tier}: tests in tests/{tier}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test with its tier (its folder)."""
+    for item in items:
+        for tier in TIERS:
+            if f"tests/{tier}/" in item.nodeid or f"tests{os.sep}{tier}{os.sep}" in item.nodeid:
+                item.add_marker(getattr(pytest.mark, tier))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -52,71 +86,6 @@ def api() -> Iterator:
 def cache_dir(tmp_path: Path) -> Path:
     """A page cache of this test's own."""
     return tmp_path / "cache"
-
-
-def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None):
-    """Run ``placeholder-etl ARGS`` in a subprocess; return the CompletedProcess."""
-    return subprocess.run(
-        [sys.executable, "-m", "placeholder_etl", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-        check=False,
-    )
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file under ``directory`` with its bytes (to prove nothing changed)."""
-    if not directory.exists():
-        return {}
-    return {
-        str(p.relative_to(directory)): p.read_bytes()
-        for p in sorted(directory.rglob("*"))
-        if p.is_file()
-    }
-
-
-class WebhookReceiver:
-    """A Slack-style webhook endpoint on loopback that keeps every JSON body it is sent."""
-
-    def __init__(self, status: int = 200) -> None:
-        import json
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        received: list[dict] = []
-        self.received = received
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length", 0))
-                received.append(json.loads(self.rfile.read(length) or b"{}"))
-                self.send_response(status)
-                self.send_header("Content-Length", "2")
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/T000/B000/secret"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def wait_for(self, count: int, timeout: float = 60.0) -> list[dict]:
-        """Wait until ``count`` messages arrived (or time out); return them all."""
-        import time
-
-        deadline = time.monotonic() + timeout
-        while len(self.received) < count and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return list(self.received)
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 @pytest.fixture

@@ -1,14 +1,35 @@
-"""The ``placeholder-etl`` command line: ``run`` the pipeline, ``serve-api`` the bundled API."""
+"""The ``placeholder-etl`` command line: ``run`` the pipeline, ``serve`` it on a schedule,
+``setup-alerts``, and ``serve-api`` (the bundled test API).
+
+``run`` has one option per field of the settings models (:mod:`placeholder_etl.core.settings`),
+generated from them: ``--page-size`` is ``FetchSettings.page_size``, with its default, bounds
+and help. Options whose default comes from the environment say so in ``--help``. Importing
+this module imports neither Prefect nor Dask: ``--help`` and ``serve-api`` stay quick.
+"""
 
 from __future__ import annotations
 
+import enum
+import inspect
 import os
-from pathlib import Path
-from typing import Annotated, Any
+import sys
+import typing
+from collections.abc import Callable
+from typing import Annotated, Any, get_args, get_origin
 
 import typer
+from annotated_types import Ge, Le
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from placeholder_etl.client import DEFAULT_API_URL
+from placeholder_etl.core.settings import (
+    DEFAULT_API_URL,
+    DEFAULT_RESOURCES,
+    RunSettings,
+    environment,
+)
+
+__all__ = ["ENV_DEFAULTS", "SettingsError", "app", "run_option_names", "settings_from_options"]
 
 app = typer.Typer(
     help="ETL of a JSONPlaceholder-style API into CSV, on Prefect 3 and Dask.",
@@ -16,6 +37,161 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+#: The setting groups of a run, by their field name in :class:`RunSettings`.
+GROUPS: dict[str, type[BaseModel]] = {
+    name: typing.cast(type[BaseModel], field.annotation)
+    for name, field in RunSettings.model_fields.items()
+    if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+}
+
+#: Options whose default is read from the environment: option -> environment variable.
+ENV_DEFAULTS: dict[str, str] = {
+    "api_url": "PLACEHOLDER_ETL_API_URL",
+    "output_dir": "PLACEHOLDER_ETL_OUTPUT_DIR",
+    "cache_dir": "PLACEHOLDER_ETL_CACHE_DIR",
+    "dask_address": "DASK_SCHEDULER_ADDRESS",
+}
+
+
+def _fields() -> dict[str, tuple[str | None, FieldInfo]]:
+    """Every run setting: option name -> (its group, or None at the top, and its field)."""
+    fields: dict[str, tuple[str | None, FieldInfo]] = {
+        name: (None, field)
+        for name, field in RunSettings.model_fields.items()
+        if name not in GROUPS
+    }
+    for group, model in GROUPS.items():
+        fields |= {name: (group, field) for name, field in model.model_fields.items()}
+    return fields
+
+
+def run_option_names() -> list[str]:
+    """The options of ``run`` generated from the settings (``--page-size`` ...)."""
+    return ["--" + name.replace("_", "-") for name in _fields()]
+
+
+def _cli_type(annotation: Any, name: str) -> Any:
+    """The type typer understands: Literal becomes an Enum of its values, Optional stays."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is typing.Literal:
+        return enum.Enum(name.title().replace("_", ""), {v: v for v in get_args(annotation)})
+    if args and type(None) in get_args(annotation):  # X | None
+        return _cli_type(args[0], name) | None
+    if get_origin(annotation) is not None:  # str | list[str]: the command line gives a str
+        return str
+    return annotation
+
+
+def _option(name: str, field: FieldInfo) -> inspect.Parameter:
+    """A typer option for one settings field."""
+    bounds = {"min": None, "max": None}
+    for rule in field.metadata:
+        if isinstance(rule, Ge):
+            bounds["min"] = rule.ge
+        if isinstance(rule, Le):
+            bounds["max"] = rule.le
+    help_text = field.description or ""
+    default = field.default
+    if name in ENV_DEFAULTS:  # the default is read when the option is not given
+        if ENV_DEFAULTS[name] not in help_text:
+            shown = "" if default is None else f"; default: {default}"
+            help_text += f" (env var: {ENV_DEFAULTS[name]}{shown})"
+        default = None
+    cli_type = _cli_type(field.annotation, name)
+    flag = "--" + name.replace("_", "-")
+    decls = [f"{flag}/--no-{flag[2:]}"] if field.annotation in (bool, bool | None) else [flag]
+    option = typer.Option(
+        *decls,
+        help=help_text,
+        show_default=default is not None,
+        **{k: v for k, v in bounds.items() if v is not None},
+    )
+    annotation = Annotated[cli_type if default is not None else cli_type | None, option]
+    if isinstance(default, str) and isinstance(cli_type, type) and issubclass(cli_type, enum.Enum):
+        default = cli_type(default)
+    kind = inspect.Parameter.KEYWORD_ONLY
+    return inspect.Parameter(name, kind, default=default, annotation=annotation)
+
+
+class SettingsError(ValueError):
+    """A setting out of bounds or unknown; the message names the option."""
+
+
+def settings_from_options(options: dict[str, Any]) -> RunSettings:
+    """A :class:`RunSettings` from ``run``'s options (None: not given, so the environment or
+    the model's default decides).
+
+    Raises:
+        SettingsError: a value out of bounds, naming the option (``--page-size: ...``).
+    """
+    env = environment()
+    nested: dict[str, Any] = {group: {} for group in GROUPS}
+    for name, (group, _) in _fields().items():
+        value = options.get(name)
+        if value is None and name in ENV_DEFAULTS:
+            value = getattr(env, name)
+        if value is None:
+            continue
+        value = value.value if isinstance(value, enum.Enum) else value
+        (nested[group] if group else nested)[name] = value
+    try:
+        return RunSettings.model_validate(nested)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        message = str(error["msg"]).removeprefix("Value error, ")
+        field = str(error["loc"][-1]) if error["loc"] else ""
+        if field and field not in GROUPS:  # a group's own check names its fields itself
+            message = f"--{field.replace('_', '-')}: {message}"
+        raise SettingsError(message) from None
+
+
+def _with_settings_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Add one keyword option per run setting to ``command``'s signature (typer reads it)."""
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind != p.VAR_KEYWORD]
+    generated = [_option(name, field) for name, (_, field) in _fields().items()]
+    command.__signature__ = signature.replace(parameters=own + generated)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in own + generated}
+    return command
+
+
+@app.command("run")
+@_with_settings_options
+def run(
+    bundled_users: Annotated[
+        int, typer.Option(min=1, help="Users the bundled server generates (--api-url bundled).")
+    ] = 10,
+    notify_webhook: Annotated[
+        str | None,
+        typer.Option(
+            help="Slack-compatible webhook told when the run fails (a secret: never logged) "
+            "(env var: PLACEHOLDER_ETL_NOTIFY_WEBHOOK).",
+            show_default=False,
+        ),
+    ] = None,
+    **options: Any,
+) -> None:
+    """Run the ETL flow and list the files it wrote.
+
+    --api-url bundled starts the bundled test API for the run. Exit status 0 on success,
+    1 when the run failed (the last line says why), 3 when the data was written but the
+    report (--report) failed.
+    """
+    from placeholder_etl.notify import WEBHOOK_ENV
+    from placeholder_etl.terminal import run_etl
+
+    if notify_webhook:
+        os.environ[WEBHOOK_ENV] = notify_webhook  # read by the flow's failure hook
+    bundled = options.get("api_url") == "bundled"
+    if bundled:
+        options = {**options, "api_url": DEFAULT_API_URL}  # replaced by the server's URL
+    try:
+        settings = settings_from_options(options)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run_etl(settings, bundled_users=bundled_users if bundled else None))
 
 
 @app.command("serve-api")
@@ -37,8 +213,8 @@ def serve_api(
         int | None, typer.Option(help="Only inject the fault on this page number.")
     ] = None,
 ) -> None:
-    """Serve generated JSONPlaceholder-compatible data (paging, filters, nested routes, faults)."""
-    from placeholder_etl.server import serve
+    """Serve the bundled JSONPlaceholder-compatible test API (also: the placeholder-api command)."""
+    from placeholder_api.server import serve
 
     serve(
         host=host,
@@ -52,142 +228,25 @@ def serve_api(
     )
 
 
-@app.command("run")
-def run(
-    api_url: Annotated[
-        str,
-        typer.Option(
-            envvar="PLACEHOLDER_ETL_API_URL",
-            help="API root, or 'bundled' to start the bundled server for this run.",
-        ),
-    ] = DEFAULT_API_URL,
-    output_dir: Annotated[
-        Path, typer.Option(envvar="PLACEHOLDER_ETL_OUTPUT_DIR", help="Where CSVs go.")
-    ] = Path("output"),
-    resources: Annotated[
-        str, typer.Option(help="'users', a comma list such as 'users,posts', or 'all'.")
-    ] = "users",
-    runner: Annotated[
-        str, typer.Option(help="'dask' (DaskTaskRunner, LocalCluster) or 'local' (threads).")
-    ] = "dask",
-    page_size: Annotated[int, typer.Option(min=1, help="Records per request.")] = 1000,
-    paging: Annotated[
-        str, typer.Option(help="'page' (_page/_limit) or 'start' (_start).")
-    ] = "page",
-    dask_workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster workers.")] = None,
-    dask_threads: Annotated[int | None, typer.Option(min=1, help="Threads per worker.")] = None,
-    dask_address: Annotated[
-        str | None,
-        typer.Option(envvar="DASK_SCHEDULER_ADDRESS", help="Existing Dask scheduler to use."),
-    ] = None,
-    dask_cluster: Annotated[
-        str | None,
-        typer.Option(help="'local' or 'saturn' [default: saturn inside Saturn Cloud, else local]"),
-    ] = None,
-    dask_worker_size: Annotated[str | None, typer.Option(help="Saturn worker size.")] = None,
-    dask_scheduler_size: Annotated[str | None, typer.Option(help="Saturn scheduler size.")] = None,
-    dask_adapt_min: Annotated[
-        int | None, typer.Option(min=0, help="Adaptive: min workers.")
-    ] = None,
-    dask_adapt_max: Annotated[
-        int | None, typer.Option(min=1, help="Adaptive: max workers.")
-    ] = None,
-    dask_processes: Annotated[
-        bool | None,
-        typer.Option(
-            "--dask-processes/--no-dask-processes",
-            help="LocalCluster workers as processes, or as threads in this process "
-            "[default: processes from 200,000 records on]",
-            show_default=False,
-        ),
-    ] = None,
-    pages_per_task: Annotated[int | None, typer.Option(min=1, help="Pages per task.")] = None,
-    in_flight: Annotated[int, typer.Option(min=1, help="Requests in flight per task.")] = 16,
-    request_timeout: Annotated[float, typer.Option(min=0.1, help="Seconds per request.")] = 10.0,
-    request_retries: Annotated[int, typer.Option(min=0, help="Retries per request.")] = 3,
-    task_retries: Annotated[int, typer.Option(min=0, help="Prefect retries per task.")] = 2,
-    retry_delay: Annotated[
-        float, typer.Option(min=0, help="Seconds before the first task retry (then doubles).")
-    ] = 2.0,
-    cache: Annotated[bool, typer.Option(help="Reuse pages fetched within --cache-hours.")] = True,
-    cache_dir: Annotated[
-        Path | None, typer.Option(envvar="PLACEHOLDER_ETL_CACHE_DIR", help="Page cache.")
-    ] = None,
-    cache_hours: Annotated[float, typer.Option(min=0, help="Page cache lifetime.")] = 1.0,
-    report: Annotated[
-        bool, typer.Option(help="Render report_<timestamp>.html from the report notebook.")
-    ] = False,
-    keep_formulas: Annotated[
-        bool,
-        typer.Option(help="Keep text starting with = + - @ as is (default: prefix it with ')."),
-    ] = False,
-    notify_webhook: Annotated[
-        str | None,
-        typer.Option(
-            envvar="PLACEHOLDER_ETL_NOTIFY_WEBHOOK",
-            help="Slack-compatible webhook told when the run fails (a secret: never logged).",
-            show_default=False,
-        ),
-    ] = None,
-    bundled_users: Annotated[
-        int, typer.Option(min=1, help="Users the bundled server generates (--api-url bundled).")
-    ] = 10,
-) -> None:
-    """Run the ETL flow and list the files it wrote.
-
-    Exit status 0 on success, 1 when the run failed (the last line says why), 3 when the data
-    was written but the report (--report) failed.
-    """
-    from placeholder_etl.notify import WEBHOOK_ENV
-    from placeholder_etl.runner import run_etl
-
-    if notify_webhook:
-        os.environ[WEBHOOK_ENV] = notify_webhook  # read by the flow's failure hook
-
-    params: dict[str, Any] = {
-        "output_dir": str(output_dir),
-        "resources": resources,
-        "runner": runner,
-        "page_size": page_size,
-        "paging": paging,
-        "dask_workers": dask_workers,
-        "dask_threads": dask_threads,
-        "dask_address": dask_address,
-        "dask_cluster": dask_cluster,
-        "dask_worker_size": dask_worker_size,
-        "dask_scheduler_size": dask_scheduler_size,
-        "dask_adapt_min": dask_adapt_min,
-        "dask_adapt_max": dask_adapt_max,
-        "dask_processes": dask_processes,
-        "pages_per_task": pages_per_task,
-        "in_flight": in_flight,
-        "request_timeout": request_timeout,
-        "request_retries": request_retries,
-        "task_retries": task_retries,
-        "retry_delay": retry_delay,
-        "use_cache": cache,
-        "cache_dir": str(cache_dir) if cache_dir else None,
-        "cache_hours": cache_hours,
-        "report": report,
-        "keep_formulas": keep_formulas,
-    }
-    raise typer.Exit(run_etl(api_url, params, bundled_users=bundled_users))
-
-
 @app.command("serve")
 def serve_flow(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "placeholder-etl-served",
     cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 6 * * *",
     timezone: Annotated[str, typer.Option(help="Time zone of the cron schedule.")] = "UTC",
     interval: Annotated[int | None, typer.Option(min=60, help="Also run every N seconds.")] = None,
-    api_url: Annotated[str, typer.Option(envvar="PLACEHOLDER_ETL_API_URL")] = DEFAULT_API_URL,
-    output_dir: Annotated[str, typer.Option(envvar="PLACEHOLDER_ETL_OUTPUT_DIR")] = "output",
-    resources: Annotated[str, typer.Option()] = "users",
-    runner: Annotated[str, typer.Option()] = "dask",
+    api_url: Annotated[
+        str | None, typer.Option(help="(env var: PLACEHOLDER_ETL_API_URL)", show_default=False)
+    ] = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(help="(env var: PLACEHOLDER_ETL_OUTPUT_DIR)", show_default=False),
+    ] = None,
+    resources: Annotated[str, typer.Option()] = DEFAULT_RESOURCES,
 ) -> None:
     """Serve the flow with its schedule in this process (the simplest scheduled setup).
 
-    Needs a Prefect server (PREFECT_API_URL); runs until interrupted.
+    Needs a Prefect server (PREFECT_API_URL); runs until interrupted. The other settings
+    keep their defaults; change them per run in the Prefect UI.
     """
     from prefect.schedules import Cron, Interval
 
@@ -196,15 +255,13 @@ def serve_flow(
     schedules = [Cron(cron, timezone=timezone)]
     if interval:
         schedules.append(Interval(interval))
+    settings = settings_from_options(
+        {"api_url": api_url, "output_dir": output_dir, "resources": resources}
+    )
     etl.serve(
         name=name,
         schedules=schedules,
-        parameters={
-            "api_url": api_url,
-            "output_dir": output_dir,
-            "resources": resources,
-            "runner": runner,
-        },
+        parameters=settings.model_dump(include={"api_url", "output_dir", "resources"}),
         tags=["placeholder-etl", "served"],
     )
 
@@ -212,16 +269,20 @@ def serve_flow(
 @app.command("setup-alerts")
 def setup_alerts(
     webhook: Annotated[
-        str,
+        str | None,
         typer.Option(
-            envvar="PLACEHOLDER_ETL_NOTIFY_WEBHOOK",
-            help="The webhook the Prefect server notifies (stored as a secret in a block).",
+            help="The webhook the Prefect server notifies (stored as a secret in a block) "
+            "(env var: PLACEHOLDER_ETL_NOTIFY_WEBHOOK).",
             show_default=False,
         ),
-    ],
+    ] = None,
 ) -> None:
     """Install the server-side failure automation (automations/notify-on-failure.yaml)."""
     from placeholder_etl.notify import BLOCK_NAME, install_failure_automation
 
+    secret = environment().notify_webhook
+    webhook = webhook or (secret.get_secret_value() if secret else None)
+    if not webhook:
+        raise typer.BadParameter("give --webhook or set PLACEHOLDER_ETL_NOTIFY_WEBHOOK")
     block_id, automation_id = install_failure_automation(webhook)
     typer.echo(f"notification block {BLOCK_NAME} ({block_id}) and automation {automation_id}")

@@ -1,39 +1,39 @@
-"""Where the Dask tasks run: a LocalCluster, an existing scheduler, or Saturn Cloud's cluster.
+"""Where the tasks run: threads, a LocalCluster, an existing scheduler, or Saturn Cloud's cluster.
 
-:func:`dask_runner_kwargs` turns the flow's settings into ``DaskTaskRunner`` arguments;
+:func:`make_task_runner` turns the ``cluster`` settings and the run's size into a task runner;
 :func:`check_workers` makes sure every worker can import this package before any task is sent
 (a worker without it would otherwise fail with a deep deserialisation error).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from placeholder_etl.errors import PermanentError
-from placeholder_etl.settings import local_slots
+from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.settings import ClusterKind, ClusterSettings, environment, local_slots
+
+if TYPE_CHECKING:
+    from prefect.task_runners import TaskRunner
 
 __all__ = [
     "PROCESSES_FROM_RECORDS",
-    "ClusterKind",
     "WorkerSetupError",
     "check_workers",
     "cluster_threads",
     "dask_runner_kwargs",
-    "default_cluster",
-    "fit_local_cluster",
     "local_cluster_kwargs",
+    "make_task_runner",
     "use_processes",
 ]
 
-ClusterKind = Literal["local", "saturn"]
 PACKAGE = "placeholder_etl"
 
 #: From this many records on, a LocalCluster runs its workers as processes, one per core
-#: (parsing and CSV writing need the cores). Below it, one worker in the flow's process: worker
-#: processes take ~1.5 s to start (each imports Prefect) and ~0.3 s to stop, more than they
-#: save on a small run. Measured on 2 cores: 100,000 users 4.9 s in the process vs 6.3 s with
-#: processes; 1,000,000 users 29.4 s vs 22 s.
+#: (parsing and CSV writing need the cores). Below it, one worker in the flow's process:
+#: starting worker processes (each imports Prefect) costs more than they save on a small run.
+#: The crossover is measured by ``benchmarks/bench.py`` (see benchmarks/RESULTS.md).
 PROCESSES_FROM_RECORDS = 200_000
 
 
@@ -43,56 +43,64 @@ class WorkerSetupError(PermanentError):
 
 def default_cluster() -> ClusterKind:
     """``saturn`` inside a Saturn Cloud resource (``SATURN_BASE_URL`` set), else ``local``."""
-    return "saturn" if os.environ.get("SATURN_BASE_URL") else "local"
+    return "saturn" if environment().saturn_base_url else "local"
 
 
-def dask_runner_kwargs(
-    cluster: ClusterKind | None = None,
-    address: str | None = None,
-    workers: int | None = None,
-    threads: int | None = None,
-    worker_size: str | None = None,
-    scheduler_size: str | None = None,
-    adapt_min: int | None = None,
-    adapt_max: int | None = None,
-    processes: bool | None = None,
-) -> dict[str, Any]:
+def make_task_runner(cluster: ClusterSettings, records: int | None = None) -> TaskRunner[Any]:
+    """The task runner for a run of ``records`` records (None: unknown).
+
+    Threads (``runner="local"``), or a ``DaskTaskRunner`` (:func:`dask_runner_kwargs`); the
+    Dask cluster starts on the first submission.
+    """
+    if cluster.runner == "local":
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner(max_workers=cluster.slots)
+    from prefect_dask import DaskTaskRunner
+
+    from placeholder_etl.prefect_api import export_api_url
+
+    export_api_url()
+    quiet_dask_logs()
+    return DaskTaskRunner(**dask_runner_kwargs(cluster, records))
+
+
+def quiet_dask_logs() -> None:
+    """Dask's scheduler and workers log every connection at INFO; keep warnings and errors."""
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # inherited by workers
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+def dask_runner_kwargs(cluster: ClusterSettings, records: int | None = None) -> dict[str, Any]:
     """Keyword arguments for ``prefect_dask.DaskTaskRunner``.
 
-    Args:
-        cluster: ``local`` (a LocalCluster on this machine) or ``saturn``
-            (``dask_saturn.SaturnCluster``); default :func:`default_cluster`.
-        address: an existing scheduler (``tcp://host:8786``); wins over ``cluster``.
-        workers: worker processes (local) or machines (Saturn).
-        threads: threads per worker.
-        worker_size, scheduler_size: Saturn instance sizes (``large``, ``xlarge``, …).
-        adapt_min, adapt_max: adaptive scaling bounds, passed to ``cluster.adapt``.
-        processes: LocalCluster workers as processes (True) or one worker in this process
-            (False); None sets up processes, and :func:`fit_local_cluster` may switch to
-            this process once the run's size is known (before the cluster starts).
+    ``dask_address`` connects to an existing scheduler; else ``dask_cluster`` (default
+    :func:`default_cluster`) picks a LocalCluster shaped for ``records``
+    (:func:`use_processes`) or Saturn Cloud's ``SaturnCluster``; ``dask_adapt_min`` and
+    ``dask_adapt_max`` are passed to the cluster's ``adapt``.
     """
-    if address:
-        return {"address": address}
+    if cluster.dask_address:
+        return {"address": cluster.dask_address}
     adapt = {
         key: value
-        for key, value in (("minimum", adapt_min), ("maximum", adapt_max))
+        for key, value in (("minimum", cluster.dask_adapt_min), ("maximum", cluster.dask_adapt_max))
         if value is not None
     }
-    kind = cluster or default_cluster()
+    kind = cluster.dask_cluster or default_cluster()
     if kind == "local":
-        kwargs = local_cluster_kwargs(processes is not False, workers, threads)
+        # an adaptive cluster adds and removes worker processes
+        processes = use_processes(records, cluster.processes if not adapt else True)
+        kwargs = local_cluster_kwargs(processes, cluster.dask_workers, cluster.dask_threads)
         cluster_class = "distributed.LocalCluster"
-    elif kind == "saturn":
-        kwargs = {"n_workers": workers or 2, "shutdown_on_close": False}
-        if threads:
-            kwargs["nthreads"] = threads
-        if worker_size:
-            kwargs["worker_size"] = worker_size
-        if scheduler_size:
-            kwargs["scheduler_size"] = scheduler_size
-        cluster_class = "dask_saturn.SaturnCluster"
     else:
-        raise ValueError(f"unknown Dask cluster {kind!r}: use 'local' or 'saturn'")
+        kwargs = {"n_workers": cluster.dask_workers or 2, "shutdown_on_close": False}
+        optional = {
+            "nthreads": cluster.dask_threads,
+            "worker_size": cluster.dask_worker_size,
+            "scheduler_size": cluster.dask_scheduler_size,
+        }
+        kwargs |= {key: value for key, value in optional.items() if value}
+        cluster_class = "dask_saturn.SaturnCluster"
     return {"cluster_class": cluster_class, "cluster_kwargs": kwargs, "adapt_kwargs": adapt}
 
 
@@ -134,30 +142,6 @@ def use_processes(records: int | None, processes: bool | None = None) -> bool:
     if processes is not None:
         return processes
     return records is None or records >= PROCESSES_FROM_RECORDS
-
-
-def fit_local_cluster(
-    task_runner: Any, records: int | None, processes: bool | None, threads: int | None = None
-) -> None:
-    """Before a ``DaskTaskRunner`` starts its LocalCluster, shape it for the run's size.
-
-    With ``processes`` None (automatic) the runner was set up with worker processes
-    (:func:`dask_runner_kwargs`); a run of fewer than :data:`PROCESSES_FROM_RECORDS` records
-    gets one worker of ``threads`` threads in this process instead. The runner creates its
-    cluster on first use, so this is called after counting and before the first task is
-    submitted. Runners that connect to a scheduler, start another kind of cluster, scale
-    adaptively or have started already are left alone.
-    """
-    if (
-        processes is not None
-        or use_processes(records)
-        or getattr(task_runner, "cluster_class", None) != "distributed.LocalCluster"
-        or not getattr(task_runner, "cluster_kwargs", {}).get("processes")
-        or getattr(task_runner, "adapt_kwargs", None)
-        or getattr(task_runner, "_client", None) is not None
-    ):
-        return
-    task_runner.cluster_kwargs = local_cluster_kwargs(False, threads=threads)
 
 
 def _probe() -> str:

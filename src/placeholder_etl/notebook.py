@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NotebookApi", "open_api", "output_path", "record", "recorded"]
+__all__ = ["open_api", "output_path", "record", "recorded"]
 
 _TAG = "placeholder_etl"
 
@@ -42,7 +42,7 @@ def open_api(api_url: str = "", users: int = 10, seed: int = 0) -> NotebookApi:
     """The API at ``api_url``, or the bundled server with ``users`` users when it is empty."""
     if api_url:
         return NotebookApi(api_url.rstrip("/"))
-    from placeholder_etl.server import bundled_server
+    from placeholder_api.server import bundled_server
 
     server = bundled_server(users=users, seed=seed)
     return NotebookApi(server.__enter__(), server)

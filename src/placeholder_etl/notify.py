@@ -18,7 +18,7 @@ values), never passed as a flow parameter, and never logged.
 from __future__ import annotations
 
 import logging
-import os
+import time
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from urllib.parse import urlsplit
 
 import requests
 
+from placeholder_etl.core.settings import environment
+
 __all__ = [
-    "AUTOMATION_FILE",
     "BLOCK_NAME",
     "WEBHOOK_ENV",
     "failure_text",
@@ -77,45 +78,41 @@ def _last_line(state: Any) -> str:
     return lines[-1] if lines else "unknown error"
 
 
-def _failed_task(flow_run_id: Any) -> str | None:
-    """The name of a failed task run in this flow run or its subflows, from the Prefect API."""
+def _failed_task(flow_run_id: Any, wait: float = 10.0) -> str | None:
+    """The name of a failed task run of this flow run, from the Prefect API.
+
+    Task run states reach the API as events, a moment after the task failed, while this hook
+    runs as soon as the flow fails: the API is asked again for up to ``wait`` seconds.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterId,
-        FlowRunFilterParentFlowRunId,
         TaskRunFilter,
         TaskRunFilterState,
         TaskRunFilterStateType,
     )
     from prefect.client.schemas.objects import StateType
 
+    failed_states = TaskRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED])
+    deadline = time.monotonic() + wait
     with get_client(sync_client=True) as client:
-        children = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
-            )
-        )
-        # a subflow shows in its parent as a task run too: look in the subflows first
-        for ids in ([child.id for child in children], [flow_run_id]):
+        while True:
             failed = client.read_task_runs(
-                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)),
-                task_run_filter=TaskRunFilter(
-                    state=TaskRunFilterState(
-                        type=TaskRunFilterStateType(any_=[StateType.FAILED, StateType.CRASHED])
-                    )
-                ),
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])),
+                task_run_filter=TaskRunFilter(state=TaskRunFilterState(type=failed_states)),
             )
-            if failed:
-                return failed[0].name
-    return None
+            if failed or time.monotonic() > deadline:
+                return failed[0].name if failed else None
+            time.sleep(0.5)
 
 
 def notify_failure(flow: Any, flow_run: Any, state: Any) -> None:
     """Prefect flow hook: post the failure to ``$PLACEHOLDER_ETL_NOTIFY_WEBHOOK`` if it is set."""
-    url = os.environ.get(WEBHOOK_ENV)
-    if not url:
+    secret = environment().notify_webhook
+    if secret is None or not secret.get_secret_value():
         return
+    url = secret.get_secret_value()
     try:
         failed_task = _failed_task(flow_run.id)
     except Exception:

@@ -17,6 +17,9 @@ from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_se
 
 __all__ = ["drain", "export_api_url", "prefect_api"]
 
+#: Longest wait for the ephemeral server to answer its health check.
+STARTUP_TIMEOUT_S = 120
+
 
 @contextmanager
 def prefect_api() -> Iterator[str]:
@@ -29,7 +32,9 @@ def prefect_api() -> Iterator[str]:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home offline
     server = SubprocessASGIServer()
-    server.start()
+    # a first start creates the SQLite database: on a busy 2-core machine that can take
+    # longer than Prefect's default 20 s wait
+    server.start(timeout=STARTUP_TIMEOUT_S)
     previous = os.environ.get("PREFECT_API_URL")
     os.environ["PREFECT_API_URL"] = server.api_url
     try:

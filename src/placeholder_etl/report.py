@@ -6,14 +6,14 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
-from placeholder_etl.errors import EtlError
-from placeholder_etl.load import atomic_write
+from placeholder_etl.core.errors import EtlError
+from placeholder_etl.core.settings import environment
+from placeholder_etl.core.staging import atomic_write
 
-__all__ = ["REPORT_NOTEBOOK", "ReportError", "notebooks_dir", "render_report"]
+__all__ = ["render_report"]
 
 REPORT_NOTEBOOK = "05-run-report.ipynb"
 
@@ -24,7 +24,7 @@ class ReportError(EtlError):
 
 def notebooks_dir() -> Path:
     """``$PLACEHOLDER_ETL_NOTEBOOKS``, else the checkout's ``notebooks/`` folder."""
-    if explicit := os.environ.get("PLACEHOLDER_ETL_NOTEBOOKS"):
+    if explicit := environment().notebooks:
         return Path(explicit)
     return Path(__file__).resolve().parents[2] / "notebooks"
 

@@ -1,0 +1,176 @@
+"""What the pipeline's steps return: typed values, not dicts with keys added along the way.
+
+- :class:`ChunkSpec` — a run of pages one task fetches (its input);
+- :class:`ChunkResult` — what the task made of them: part files and counts, never records;
+- :class:`TableInfo` — one written table;
+- :class:`Manifest` — the record of a run, written as ``manifest_<stamp>.json`` and read back by
+  the CLI, the report notebook and the benchmark (:meth:`Manifest.read`);
+- :class:`RunResult` — what the flow returns: the manifest and where things are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from placeholder_etl.core.settings import Paging
+
+__all__ = [
+    "MANIFEST_SCHEMA_VERSION",
+    "ChunkResult",
+    "ChunkSpec",
+    "ContractSummary",
+    "Manifest",
+    "RunResult",
+    "TableInfo",
+    "Timings",
+]
+
+#: Bumped whenever a field of :class:`Manifest` changes meaning or goes away.
+MANIFEST_SCHEMA_VERSION = 2
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ChunkSpec(_Frozen):
+    """A run of consecutive pages of one resource, fetched by one task.
+
+    ``last_page`` is None when the server sent no ``X-Total-Count``: then pages are fetched
+    until one comes back short.
+    """
+
+    api_url: str
+    resource: str
+    first_page: int = Field(ge=1)
+    last_page: int | None = Field(default=None, ge=1)
+    page_size: int = Field(ge=1)
+    paging: Paging = "page"
+
+    @property
+    def key(self) -> str:
+        """A stable name for this chunk's part files."""
+        text = "|".join(str(v) for v in self.model_dump().values())
+        return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+    @property
+    def label(self) -> str:
+        """A short human name: ``users p1-8``."""
+        last = "…" if self.last_page is None else self.last_page
+        return f"{self.resource} p{self.first_page}-{last}"
+
+
+class ChunkResult(_Frozen):
+    """What one chunk task made: a part file per table, and counts.
+
+    Attributes:
+        parts: table name -> part file (rows without a header, in page order).
+        first_id, last_id: ids of the first and last record (None: no records).
+        ordered: ids were strictly increasing through the chunk.
+        retries: request retries the chunk needed.
+        worker: where it ran (a Dask worker address, or ``host:pid``).
+        flow_run_id: the flow run that fetched it (another run's id: served from cache).
+        packed: the part files, compressed, when the worker is on another machine than the
+            flow (see :func:`placeholder_etl.core.pipeline.ship_parts`).
+    """
+
+    spec: ChunkSpec
+    pages: int
+    rows: int
+    parts: dict[str, str]
+    first_id: int | None
+    last_id: int | None
+    ordered: bool
+    retries: int
+    worker: str
+    flow_run_id: str | None = None
+    packed: dict[str, bytes] | None = None
+
+
+class TableInfo(_Frozen):
+    """One table of a run: its file, rows, size and checksum."""
+
+    file: str = ""
+    rows: int
+    bytes: int
+    sha256: str
+
+
+class ContractSummary(_Frozen):
+    """Records checked against the contract per resource (a breach fails the run)."""
+
+    records_checked: dict[str, int]
+    breaches: int = 0
+
+
+class Timings(_Frozen):
+    """Seconds spent counting, extracting, loading, and in all."""
+
+    count_s: float
+    extract_s: float
+    load_s: float
+    total_s: float
+
+
+class Manifest(_Frozen):
+    """The record of one committed run (``manifest_<created>.json``).
+
+    Attributes:
+        schema_version: :data:`MANIFEST_SCHEMA_VERSION` when written.
+        created: the stamp every file of the run carries (``20261125T005503Z``).
+        started: when the run started (UTC, ISO 8601).
+        source: the API root, secrets redacted.
+        tables: table name -> :class:`TableInfo`, in the order they were written.
+        chunks: tasks the pages were split into; ``cached_chunks`` of them came from cache.
+        pages: pages read; ``retries``: request retries over all of them.
+        workers: where the tasks ran.
+    """
+
+    schema_version: Literal[2] = MANIFEST_SCHEMA_VERSION
+    created: str = ""
+    started: str
+    source: str
+    resources: list[str]
+    flow_run_id: str | None
+    tables: dict[str, TableInfo]
+    chunks: int
+    cached_chunks: int
+    pages: int
+    retries: int
+    workers: list[str]
+    contract: ContractSummary
+    timings: Timings
+
+    def stamped(self, stamp: str, total_s: float | None = None) -> Manifest:
+        """This manifest as committed with ``stamp``: file names filled in."""
+        tables = {
+            name: info.model_copy(update={"file": f"{name}_{stamp}.csv"})
+            for name, info in self.tables.items()
+        }
+        timings = self.timings
+        if total_s is not None:
+            timings = timings.model_copy(update={"total_s": round(total_s, 3)})
+        return self.model_copy(update={"created": stamp, "tables": tables, "timings": timings})
+
+    def to_json(self) -> bytes:
+        """Indented JSON, as written to the manifest file."""
+        return self.model_dump_json(indent=2).encode() + b"\n"
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        """Load a manifest file (raises ``pydantic.ValidationError`` on another schema)."""
+        return cls.model_validate_json(Path(path).read_bytes())
+
+
+class RunResult(_Frozen):
+    """What a run returns: its manifest, where it is, and the report if one was asked for."""
+
+    manifest: Manifest
+    output_dir: str
+    manifest_file: str
+    report_file: str | None = None
+    report_error: str | None = None

@@ -1,0 +1,199 @@
+"""The flow's Prefect tasks: thin wrappers of :mod:`placeholder_etl.core.pipeline` steps.
+
+Tasks pass references (paths, counts), never records or DataFrames: Prefect builds cache keys
+from task inputs and records them, so the heavy data stays inside the task that made it.
+The cache key of a chunk is what decides its data — the API, the pages, the page size and
+paging, the cache folder and the formula setting — never how patiently it is fetched
+(timeouts, retries, requests in flight).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
+from prefect.runtime import flow_run
+from prefect.tasks import exponential_backoff
+
+from placeholder_etl.core import pipeline
+from placeholder_etl.core.errors import is_transient
+from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, TableInfo
+from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging
+from placeholder_etl.core.staging import Staging
+
+__all__ = [
+    "assemble_tables_task",
+    "count_records_task",
+    "extract_chunk_task",
+    "publish",
+    "render_report_task",
+    "task_options",
+]
+
+
+class _ThreadTimeoutNotice(logging.Filter):
+    """Drop Prefect's per-task notice that timeouts cannot interrupt a worker thread.
+
+    Every blocking call here has its own deadline (the request timeout), so the task's
+    ``timeout_seconds`` is a backstop and the notice on every task run is noise.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout of %s seconds configured")
+
+
+logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
+
+
+def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """Prefect ``retry_condition_fn``: retry transient faults, fail permanent ones at once."""
+    exc = state.result(raise_on_failure=False)
+    return not isinstance(exc, BaseException) or is_transient(exc)
+
+
+def task_options(fetch: FetchSettings) -> dict[str, Any]:
+    """Retries and caching of the fetching tasks for this run (``Task.with_options``)."""
+    options: dict[str, Any] = {
+        "retries": fetch.task_retries,
+        "retry_delay_seconds": exponential_backoff(backoff_factor=fetch.retry_delay),
+    }
+    if fetch.cache:
+        options["cache_expiration"] = timedelta(hours=fetch.cache_hours)
+    else:
+        options["cache_policy"] = NO_CACHE
+    return options
+
+
+@task(
+    name="count-records",
+    cache_policy=(INPUTS - "client") + TASK_SOURCE,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=600,
+)
+def count_records_task(
+    api_url: str, resources: list[str], client: ClientSettings, paging: Paging, cache_dir: str
+) -> dict[str, int | None]:
+    """How many records each resource has (None when the server does not say).
+
+    ``cache_dir`` is only part of the cache key: a fresh cache folder is a fresh cache.
+    """
+    totals = pipeline.count_records(api_url, resources, client, paging)
+    for resource, total in totals.items():
+        get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
+    return totals
+
+
+@task(
+    name="extract-chunk",
+    task_run_name="extract {spec.label}",
+    # how patiently pages are fetched does not change what a chunk holds: not in its key
+    cache_policy=(INPUTS - "client" - "in_flight" - "flow_host") + TASK_SOURCE,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_if_transient,
+    timeout_seconds=600,
+)
+def extract_chunk_task(
+    spec: ChunkSpec,
+    parts_dir: str,
+    keep_formulas: bool,
+    client: ClientSettings,
+    in_flight: int,
+    flow_host: str,
+) -> ChunkResult:
+    """Fetch a chunk of pages and write its part files; returns paths and counts.
+
+    On a worker on another machine than the flow (``flow_host``) the parts travel back
+    compressed in the result (:func:`placeholder_etl.core.pipeline.ship_parts`).
+    """
+    started = time.perf_counter()
+    result = pipeline.extract_chunk(spec, Path(parts_dir), client, in_flight, keep_formulas)
+    get_run_logger().info(
+        "%s: %d rows from %d pages in %.2f s (%d retries) on %s",
+        spec.label,
+        result.rows,
+        result.pages,
+        time.perf_counter() - started,
+        result.retries,
+        result.worker,
+    )
+    result = result.model_copy(update={"flow_run_id": str(flow_run.get_id())})
+    return pipeline.ship_parts(result, flow_host)
+
+
+@task(name="assemble-tables", cache_policy=NO_CACHE)
+def assemble_tables_task(
+    resources: list[str], results: list[ChunkResult], staging: Staging
+) -> dict[str, TableInfo]:
+    """Join the part files into staged tables (and the activity summary with every resource).
+
+    Called in the flow's process: the output dir is on the flow's machine.
+    """
+    for resource in pipeline.unordered_resources(results):
+        get_run_logger().warning("%s: ids out of order or repeated; sorting", resource)
+    return pipeline.assemble_tables(resources, results, staging)
+
+
+@task(name="render-report", cache_policy=NO_CACHE)
+def render_report_task(result: RunResult) -> RunResult:
+    """Execute the report notebook and link its HTML from an artifact.
+
+    A failure is logged and returned as ``report_error``; it never undoes the load.
+    """
+    from placeholder_etl.report import render_report
+
+    try:
+        path = render_report(Path(result.manifest_file), Path(result.output_dir))
+    except Exception as exc:  # noqa: BLE001 - report problems must not fail a good load
+        get_run_logger().error("report failed: %s", exc)
+        return result.model_copy(update={"report_error": str(exc)})
+    create_link_artifact(
+        key="placeholder-etl-report",
+        link=path.as_uri(),
+        link_text=path.name,
+        description="The run report (HTML, rendered from notebooks/05-run-report.ipynb)",
+    )
+    get_run_logger().info("report: %s", path)
+    return result.model_copy(update={"report_file": str(path)})
+
+
+def publish(result: RunResult) -> None:
+    """Log the tables written and leave a table and a markdown artifact on the flow run."""
+    manifest = result.manifest
+    rows = [
+        {"table": name, "file": info.file, "rows": info.rows, "bytes": info.bytes}
+        for name, info in manifest.tables.items()
+    ]
+    create_table_artifact(
+        key="placeholder-etl-tables",
+        table=rows,
+        description=f"Tables written from {manifest.source}",
+    )
+    lines = [f"| `{r['table']}` | `{r['file']}` | {r['rows']:,} |" for r in rows]
+    timings = ", ".join(f"{k} {v:.2f} s" for k, v in manifest.timings.model_dump().items())
+    create_markdown_artifact(
+        key="placeholder-etl-summary",
+        markdown="\n".join(
+            [
+                f"# placeholder-etl run `{manifest.created}`",
+                (
+                    f"Source: {manifest.source}; {manifest.pages} pages in "
+                    f"{manifest.chunks} tasks ({manifest.cached_chunks} from cache), "
+                    f"{manifest.retries} retries."
+                ),
+                "",
+                "| table | file | rows |",
+                "| --- | --- | ---: |",
+                *lines,
+                "",
+                f"Timings: {timings}. Manifest: `{result.manifest_file}`.",
+            ]
+        ),
+    )
+    get_run_logger().info("wrote %s", ", ".join(f"{r['file']} ({r['rows']} rows)" for r in rows))

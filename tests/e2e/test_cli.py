@@ -1,0 +1,207 @@
+"""The command line as a user runs it: exit codes, what it prints, what it leaves on disk."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from placeholder_api.server import make_server
+from tests.helpers import run_cli, snapshot
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+
+def _earlier_output(out: Path) -> dict[str, bytes]:
+    """An output dir holding a previous run's files, which a failed run must not touch."""
+    out.mkdir()
+    (out / "users_20200101T000000Z.csv").write_text("ID,Name\n1,Old\n")
+    (out / "manifest_20200101T000000Z.json").write_text("{}\n")
+    return snapshot(out)
+
+
+def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(
+        "run",
+        "--api-url",
+        "bundled",
+        "--bundled-users",
+        "12",
+        "--runner",
+        "dask",
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2] == f"output: {out}"
+    assert lines[-1].startswith(f"manifest: {out}/manifest_")
+    (users,) = out.glob("users_[0-9]*.csv")
+    assert users.name in result.stdout
+    frame = pd.read_csv(users)
+    assert list(frame.columns) == [
+        "ID",
+        "Name",
+        "Username",
+        "Email",
+        "Address",
+        "PhoneNumber",
+        "Company",
+    ]
+    assert frame["ID"].tolist() == list(range(1, 13))
+    assert "bundled API server with 12 users" in result.stdout
+
+
+@pytest.mark.parametrize("fault", ["5xx:3", "429:1"])
+def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path, fault) -> None:
+    out = tmp_path / "out"
+    with make_server(users=30, fault=fault) as server:
+        result = run_cli(
+            "run",
+            "--api-url",
+            server.url,
+            "--runner",
+            "local",
+            "--page-size",
+            "10",
+            "--output-dir",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert server.stats()["faults_injected"] >= 4
+    (users,) = out.glob("users_[0-9]*.csv")
+    assert len(pd.read_csv(users)) == 30
+
+
+PAGE = "users page {n} from {url}/users?_page={n}&_limit=10: "
+
+
+@pytest.mark.parametrize(
+    ("fault", "page", "message"),
+    [
+        ("malformed", 2, PAGE + "response is not JSON"),
+        ("drift", 3, PAGE + "record id=21 field email: missing"),
+        ("html", 2, PAGE + "response is an HTML page, not JSON"),
+        ("empty", None, "users count from {url}/users?_page=1&_limit=1: the users list is empty"),
+        ("reset", 2, PAGE + "connection failed (connection reset by the server) (tried 4 times)"),
+        ("hang", 2, PAGE + "no answer within 10 s (tried 4 times)"),
+    ],
+    ids=["malformed", "drift", "html", "empty-users", "reset", "hang"],
+)
+def test_bad_input_fails_clearly_and_touches_nothing(tmp_path, fault, page, message) -> None:
+    out = tmp_path / "out"
+    before = _earlier_output(out)
+    with make_server(users=30, fault=fault, fault_page=page) as server:
+        started = time.monotonic()
+        result = run_cli(
+            "run",
+            "--api-url",
+            server.url,
+            "--runner",
+            "local",
+            "--page-size",
+            "10",
+            "--output-dir",
+            str(out),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            timeout=240,
+        )
+        elapsed = time.monotonic() - started
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: " + message.format(n=page, url=server.url)), last
+    assert elapsed < 240
+    assert snapshot(out) == before  # byte for byte, and no temporary files left
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--resources", "users,secrets"],
+            (
+                "--resources: unknown resource 'secrets': choose from users, posts, comments, "
+                "albums, photos, todos or 'all'"
+            ),
+        ),
+        (["--dask-adapt-min", "3", "--dask-adapt-max", "2"], "dask_adapt_min (3) is above"),
+    ],
+    ids=["resource", "adapt-bounds"],
+)
+def test_bad_settings_are_a_usage_error(tmp_path, args, message) -> None:
+    result = run_cli("run", *args, "--output-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert message in result.stderr.strip().splitlines()[-1]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_serve_api_rejects_an_unknown_fault() -> None:
+    result = run_cli("serve-api", "--port", "0", "--fault", "gremlins", timeout=60)
+    assert result.returncode == 2
+    assert "gremlins" in result.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = run_cli("--help", timeout=60)
+    assert result.returncode == 0
+    assert "run" in result.stdout
+    assert "serve-api" in result.stdout
+
+
+def test_command_line_runs_start_no_heartbeat_thread_unless_asked(monkeypatch) -> None:
+    """Prefect joins a flow run's heartbeat thread at its end, up to a second late."""
+    from prefect.settings import get_current_settings
+
+    from placeholder_etl.terminal import _no_heartbeat_unless_asked
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    with _no_heartbeat_unless_asked():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    assert get_current_settings().flows.heartbeat_frequency == 180
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
+    with _no_heartbeat_unless_asked():
+        assert get_current_settings().flows.heartbeat_frequency is not None
+
+
+@pytest.mark.parametrize("processes", ["--no-dask-processes", "--dask-processes"])
+def test_without_a_prefect_api_the_run_brings_its_own(tmp_path, monkeypatch, processes) -> None:
+    """`make run`'s path: no PREFECT_API_URL, so one ephemeral Prefect server for the run,
+    shared with the Dask worker processes (they inherit its URL), and stopped at the end."""
+    import re
+    import socket
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    out = tmp_path / "out"
+    result = run_cli(
+        "run",
+        "--api-url",
+        "bundled",
+        "--bundled-users",
+        "12",
+        processes,
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        env={"PREFECT_HOME": str(tmp_path / "prefect-home")},  # a first start: creates its DB
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1].startswith(f"manifest: {out}/manifest_")
+    workers = json.loads(next(out.glob("manifest_*.json")).read_text())["workers"]
+    assert workers[0].startswith(
+        "tcp://127.0.0.1:" if processes == "--dask-processes" else "inproc://"
+    )
+    started = re.search(r"Starting temporary server on (http://127\.0\.0\.1:(\d+))", result.stderr)
+    assert started, result.stderr[-2000:]
+    with socket.socket() as probe:  # stopped: nothing listens there any more
+        assert probe.connect_ex(("127.0.0.1", int(started.group(2)))) != 0

@@ -1,0 +1,223 @@
+"""The notebooks: committed clean, and executed by papermill in real kernels.
+
+Each notebook runs twice: against the bundled server with papermill parameters, and with no
+parameters at all (it then starts the bundled server in its own kernel). The assertions read
+the values the notebooks ``record`` and the files they write.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+from placeholder_api.server import make_server
+from placeholder_etl.notebook import recorded
+from tests.helpers import run_cli
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+NAMES = ["01-extract", "02-transform", "03-load", "04-flow-on-dask", "05-run-report"]
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+
+def execute(name: str, tmp_path: Path, **parameters) -> dict:
+    out = tmp_path / f"{name}.out.ipynb"
+    papermill.execute_notebook(
+        str(NOTEBOOKS / f"{name}.ipynb"),
+        str(out),
+        parameters=parameters,
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+        execution_timeout=300,
+    )
+    return recorded(out)
+
+
+def test_the_notebooks_are_the_numbered_pipeline_steps() -> None:
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_are_committed_clean(name) -> None:
+    notebook = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    nbformat.validate(notebook)
+    assert notebook.metadata.kernelspec.name == "python3"
+    code = [c for c in notebook.cells if c.cell_type == "code"]
+    assert [c for c in code if c.outputs or c.execution_count is not None] == []
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assigned = {line.split("=")[0].strip() for line in tagged[0].source.splitlines() if "=" in line}
+    assert {"api_url", "output_dir"} <= assigned
+
+
+def test_01_extract(tmp_path) -> None:
+    with make_server(users=12) as server:
+        values = execute("01-extract", tmp_path, api_url=server.url, output_dir=str(tmp_path))
+    assert values["totals"] == {
+        "users": 12,
+        "posts": 120,
+        "comments": 600,
+        "albums": 120,
+        "photos": 6000,
+        "todos": 240,
+    }
+    assert values["users_fetched"] == 12
+    assert values["pages"] == 3
+    assert values["contract_error"].endswith("record id=1 field email: missing")
+
+
+def test_02_transform(tmp_path) -> None:
+    with make_server(users=12) as server:
+        values = execute("02-transform", tmp_path, api_url=server.url, output_dir=str(tmp_path))
+        first = server.stats()  # the notebook really read this server
+    assert first["requests"] >= 6
+    assert values["seed_rows"] == 12
+    assert values["seed_columns"] == [
+        "ID",
+        "Name",
+        "Username",
+        "Email",
+        "Address",
+        "PhoneNumber",
+        "Company",
+    ]
+    assert values["seed_first_row"]["ID"] == "1"
+    assert values["seed_first_row"]["Address"].count(", ") >= 2
+    assert values["flat_rows"]["photos"] == 6000
+    assert set(values["nulls"].values()) == {0}
+    assert values["activity_rows"] == 12
+
+
+def test_03_load(tmp_path) -> None:
+    out = tmp_path / "out"
+    with make_server(users=12) as server:
+        values = execute("03-load", tmp_path, api_url=server.url, output_dir=str(out))
+    assert values["written"] == "users.csv"  # the atomic-write demonstration
+    assert values["unchanged_after_failure"] is True
+    assert values["temp_files_left"] == []
+    committed = values["committed"]  # the load step, as the flow runs it
+    assert sorted(name.split("_2")[0] for name in committed) == ["manifest", "users", "users_flat"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == committed
+    (users,) = out.glob("users_2*.csv")
+    assert len(users.read_text().splitlines()) == 13
+    assert values["rows_read_back"] == 12
+    assert values["round_trip_equal"] is True
+    assert values["checksum_ok"] is True
+
+
+def test_04_flow_on_dask(tmp_path) -> None:
+    out = tmp_path / "out"
+    with make_server(users=12) as server:
+        values = execute("04-flow-on-dask", tmp_path, api_url=server.url, output_dir=str(out))
+    assert values["rows"]["users"] == 12
+    assert values["rows"]["photos"] == 6000
+    assert values["rows"]["user_activity"] == 12
+    assert values["artifact_rows"] == values["rows"]
+    assert len(values["workers"]) >= 1
+    assert all(w.startswith("tcp://127.0.0.1:") for w in values["workers"])
+    manifest = json.loads(next(out.glob("manifest_*.json")).read_text())
+    assert manifest["flow_run_id"] == values["flow_run_id"]
+
+
+def test_05_run_report_on_a_given_manifest(tmp_path) -> None:
+    out = tmp_path / "out"
+    with make_server(users=12) as server:
+        result = run_cli(
+            "run",
+            "--api-url",
+            server.url,
+            "--runner",
+            "local",
+            "--resources",
+            "all",
+            "--output-dir",
+            str(out),
+            "--no-cache",
+        )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (manifest,) = out.glob("manifest_*.json")
+    values = execute("05-run-report", tmp_path, manifest=str(manifest), output_dir=str(out))
+    assert values["tables"]["users"] == 12
+    assert values["tables"]["photos"] == 6000
+    assert values["contract"]["breaches"] == 0
+    assert values["contract"]["records_checked"]["comments"] == 600
+    assert values["charts"] == 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_notebook_runs_offline_with_no_parameters(name, tmp_path) -> None:
+    values = execute(name, tmp_path)
+    assert values, "the notebook recorded nothing"
+    users = {
+        "01-extract": lambda v: v["users_fetched"],
+        "02-transform": lambda v: v["seed_rows"],
+        "03-load": lambda v: v["rows_read_back"],
+        "04-flow-on-dask": lambda v: v["rows"]["users"],
+        "05-run-report": lambda v: v["tables"]["users"],
+    }[name](values)
+    assert users == 10
+
+
+def test_run_report_writes_html_with_charts(tmp_path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(
+        "run",
+        "--api-url",
+        "bundled",
+        "--runner",
+        "local",
+        "--resources",
+        "all",
+        "--report",
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (report,) = out.glob("report_*.html")
+    assert f"report: {report}" in result.stdout
+    html = report.read_text()
+    assert html.count("data:image/png;base64") >= 2
+    assert "5,000" in html  # photos checked, from the data
+    assert "records checked, 0 breaches" in html
+    assert "import pandas" not in html  # code hidden
+
+
+def test_a_failing_report_keeps_the_data_and_says_so(tmp_path) -> None:
+    broken = tmp_path / "notebooks"
+    broken.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell("raise RuntimeError('chart library missing')")]
+    notebook.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nbformat.write(notebook, broken / "05-run-report.ipynb")
+    out = tmp_path / "out"
+    result = run_cli(
+        "run",
+        "--api-url",
+        "bundled",
+        "--runner",
+        "local",
+        "--report",
+        "--output-dir",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        env={"PLACEHOLDER_ETL_NOTEBOOKS": str(broken)},
+    )
+    assert result.returncode == 3
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: the data was written, but report notebook 05-run-report")
+    assert "RuntimeError: chart library missing" in last
+    assert len(list(out.glob("users_[0-9]*.csv"))) == 1
+    assert list(out.glob("report_*")) == []
+    assert list(out.glob(".*.tmp")) == []

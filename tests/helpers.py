@@ -1,0 +1,160 @@
+"""Helpers shared by the tests: run the CLI or the flow, snapshot folders, the seed's oracle."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None):
+    """Run ``placeholder-etl ARGS`` in a subprocess of its own process group.
+
+    On timeout the whole group (Dask workers, servers it started) is killed before the
+    ``TimeoutExpired`` is raised, so nothing outlives the test.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "placeholder_etl", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        raise
+    finally:
+        kill_group(proc)  # anything the command left running in its group
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s process group (it must have been started in a session of its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_flow(api_url: str, out: Path, cache_dir: Path, **options: Any):
+    """Run the flow in this process with the CLI's option names (``page_size=10``...).
+
+    Defaults suit a small test: threads, 10 records a page, one page a task, short retry
+    delays. Returns the flow's :class:`~placeholder_etl.core.results.RunResult`.
+    """
+    from placeholder_etl.cli import settings_from_options
+    from placeholder_etl.flow import etl
+
+    defaults = {"runner": "local", "page_size": 10, "pages_per_task": 1, "retry_delay": 0.05}
+    settings = settings_from_options(
+        defaults
+        | options
+        | {"api_url": api_url, "output_dir": str(out), "cache_dir": str(cache_dir)}
+    )
+    return etl(**settings.flow_parameters())
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file under ``directory`` with its bytes (to prove nothing changed)."""
+    if not directory.exists():
+        return {}
+    return {
+        str(p.relative_to(directory)): p.read_bytes()
+        for p in sorted(directory.rglob("*"))
+        if p.is_file()
+    }
+
+
+def seed_transform(users: list[dict]) -> str:
+    """The original tutorial's transform and load, as it was written (the oracle)."""
+    rows = []
+    for user in users:
+        rows.append(
+            {
+                "ID": user["id"],
+                "Name": user["name"],
+                "Username": user["username"],
+                "Email": user["email"],
+                "Address": f"{user['address']['street']}, {user['address']['suite']}, "
+                f"{user['address']['city']}",
+                "PhoneNumber": user["phone"],
+                "Company": user["company"]["name"],
+            }
+        )
+    return pd.DataFrame(rows).to_csv(index=False)
+
+
+def listening_sockets(pids: set[int]) -> set[tuple[str, int]]:
+    """(ip, port) of every TCP socket the processes ``pids`` listen on."""
+    import psutil
+
+    found = set()
+    for pid in pids:
+        try:
+            connections = psutil.Process(pid).net_connections(kind="inet")
+        except psutil.NoSuchProcess:
+            continue
+        found |= {(c.laddr.ip, c.laddr.port) for c in connections if c.status == psutil.CONN_LISTEN}
+    return found
+
+
+def process_tree(pid: int) -> set[int]:
+    """``pid`` and all its descendants."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return {pid} | {child.pid for child in root.children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+class WebhookReceiver:
+    """A Slack-style webhook endpoint on loopback that keeps every JSON body it is sent."""
+
+    def __init__(self, status: int = 200) -> None:
+        received: list[dict] = []
+        self.received = received
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", 0))
+                received.append(json.loads(self.rfile.read(length) or b"{}"))
+                self.send_response(status)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/hooks/T000/B000/secret"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def wait_for(self, count: int, timeout: float = 60.0) -> list[dict]:
+        """Wait until ``count`` messages arrived (or time out); return them all."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return list(self.received)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,169 @@
+"""The API client against the bundled server over loopback: paging, counting, every fault."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+
+from placeholder_api.server import make_server
+from placeholder_etl.core.client import ApiClient, ordered_map
+from placeholder_etl.core.errors import ContractError, PermanentError, TransientError
+from placeholder_etl.core.settings import ClientSettings
+
+FAST = ClientSettings(timeout=2, retries=3, backoff=0.01)
+
+
+@pytest.mark.parametrize("paging", ["page", "start"])
+def test_pages_cover_every_record_once(api, paging) -> None:
+    with ApiClient(api.url, FAST) as client:
+        assert client.count("users", 10, paging) == 25
+        pages = [client.fetch_page("users", n, 10, paging) for n in (1, 2, 3)]
+    ids = [r["id"] for page in pages for r in page.records]
+    assert ids == list(range(1, 26))
+    assert [len(p.records) for p in pages] == [10, 10, 5]
+    assert all(p.total == 25 for p in pages)
+    query = "_page=2&_limit=10" if paging == "page" else "_start=10&_limit=10"
+    assert pages[1].url == f"{api.url}/users?{query}"
+
+
+def test_counts_match_the_documented_ratios(api) -> None:
+    with ApiClient(api.url, FAST) as client:
+        counts = {r: client.count(r, 1) for r in ("posts", "comments", "photos", "todos")}
+    assert counts == {"posts": 250, "comments": 1250, "photos": 12500, "todos": 500}
+
+
+def test_records_keep_the_documented_shape(api) -> None:
+    with ApiClient(api.url, FAST) as client:
+        (user,) = client.fetch_page("users", 1, 1).records
+    assert set(user) == {
+        "id",
+        "name",
+        "username",
+        "email",
+        "address",
+        "phone",
+        "website",
+        "company",
+    }
+    assert isinstance(user["address"]["geo"]["lat"], str)
+
+
+def test_count_is_none_without_x_total_count() -> None:
+    with make_server(users=5, fault="no-total") as server, ApiClient(server.url, FAST) as c:
+        assert c.count("users", 10) is None
+        assert len(c.fetch_page("users", 1, 10).records) == 5
+
+
+def test_503_burst_is_retried_and_counted() -> None:
+    with make_server(users=5, fault="5xx:2") as server, ApiClient(server.url, FAST) as c:
+        page = c.fetch_page("users", 1, 10)
+        assert len(page.records) == 5
+        assert page.retries == 2
+
+
+def test_429_waits_for_retry_after() -> None:
+    with make_server(users=5, fault="429:1") as server, ApiClient(server.url, FAST) as c:
+        started = time.perf_counter()
+        page = c.fetch_page("users", 1, 10)
+        assert time.perf_counter() - started >= 0.9
+        assert page.retries == 1
+
+
+def test_retry_after_is_capped() -> None:
+    capped = ClientSettings(timeout=2, retries=1, backoff=0.01, max_retry_after=0.2)
+    with make_server(users=5, fault="429:30") as server, ApiClient(server.url, capped) as c:
+        started = time.perf_counter()
+        c.fetch_page("users", 1, 10)
+        assert time.perf_counter() - started < 5
+
+
+def test_persistent_5xx_is_transient_after_retries() -> None:
+    with make_server(users=5, fault="5xx:99") as server, ApiClient(server.url, FAST) as c:
+        with pytest.raises(TransientError, match=r"users page 1 from .*: HTTP 503 .*tried 4"):
+            c.fetch_page("users", 1, 10)
+        assert server.stats()["requests"] == 4
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        ("malformed", PermanentError, "response is not JSON"),
+        ("html", PermanentError, "response is an HTML page, not JSON"),
+        ("bad-utf8", PermanentError, "response is not valid UTF-8 JSON"),
+        ("drift", ContractError, "record id=1 field email: missing"),
+        ("drift-type", ContractError, "record id='1' field id: input should be a valid integer"),
+        ("reset", TransientError, "connection failed"),
+    ],
+)
+def test_faults_are_classified_and_named(fault, error, message) -> None:
+    with make_server(users=5, fault=fault) as server, ApiClient(server.url, FAST) as c:
+        with pytest.raises(error) as caught:
+            c.fetch_page("users", 1, 10)
+    text = str(caught.value)
+    assert text.startswith(f"users page 1 from {server.url}/users?_page=1&_limit=10: ")
+    assert message in text
+
+
+def test_fault_on_one_page_names_that_page() -> None:
+    with make_server(users=50, fault="malformed", fault_page=3) as server:
+        with ApiClient(server.url, FAST) as c:
+            assert len(c.fetch_page("users", 2, 10).records) == 10
+            with pytest.raises(PermanentError, match=r"^users page 3 from http://.*not JSON"):
+                c.fetch_page("users", 3, 10)
+
+
+def test_a_server_that_never_answers_times_out() -> None:
+    settings = ClientSettings(timeout=0.5, retries=1, backoff=0.01)
+    with make_server(users=5, fault="hang") as server, ApiClient(server.url, settings) as c:
+        started = time.perf_counter()
+        with pytest.raises(TransientError, match=r"no answer within 0.5 s \(tried 2 times\)"):
+            c.fetch_page("users", 1, 10)
+        assert time.perf_counter() - started < 5
+
+
+def test_other_4xx_is_permanent(api) -> None:
+    with ApiClient(api.url, FAST) as client, pytest.raises(PermanentError, match="HTTP 404"):
+        client.fetch_page("nonsense", 1, 10)
+
+
+def test_empty_users_list_is_refused() -> None:
+    with make_server(users=5, fault="empty") as server, ApiClient(server.url, FAST) as c:
+        with pytest.raises(PermanentError, match="the users list is empty"):
+            c.count("users", 10)
+
+
+def test_unreachable_server_is_transient() -> None:
+    with make_server(users=1) as server:
+        url = server.url
+    with ApiClient(url, ClientSettings(timeout=1, retries=0)) as c:
+        with pytest.raises(TransientError, match="connection failed"):
+            c.fetch_page("users", 1, 10)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url, timeout=1)
+
+
+def test_ordered_map_keeps_order_and_bounds_pending_work() -> None:
+    running = []
+
+    def slow(n: int) -> int:
+        running.append(n)
+        time.sleep(0.01 * (5 - n % 5))
+        return n * n
+
+    results = list(ordered_map(slow, range(20), in_flight=4))
+    assert results == [n * n for n in range(20)]
+
+
+def test_ordered_map_stops_early_when_the_consumer_does() -> None:
+    seen = []
+
+    def record(n: int) -> int:
+        seen.append(n)
+        return n
+
+    for value in ordered_map(record, iter(range(10_000)), in_flight=3):
+        if value == 5:
+            break
+    assert len(seen) < 20

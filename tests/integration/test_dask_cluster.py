@@ -1,0 +1,272 @@
+"""The flow on an existing Dask cluster: real `dask scheduler` and `dask worker` processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from distributed import Client
+
+from placeholder_api.server import make_server
+from placeholder_etl.cluster import WorkerSetupError, local_cluster_kwargs
+from tests.helpers import listening_sockets, process_tree, run_cli, run_flow
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+START_WORKER = "from distributed.cli.dask_worker import main; sys.argv[0] = 'dask-worker'; main()"
+#: A worker that cannot import the package, and one with another version of it.
+WITHOUT_PACKAGE = "import sys; sys.modules['placeholder_etl'] = None; " + START_WORKER
+OTHER_VERSION = (
+    "import sys, placeholder_etl; placeholder_etl.__version__ = '0.0.1-other'; " + START_WORKER
+)
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        args,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "false"},
+    )
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def start_cluster(tmp: Path, workers: int, worker_code: str | None = None) -> tuple[str, list]:
+    """A scheduler and ``workers`` worker processes on loopback; returns (address, processes)."""
+    scheduler_file = tmp / "scheduler.json"
+    processes = [
+        _start(
+            [
+                sys.executable,
+                "-m",
+                "distributed.cli.dask_scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--dashboard-address",  # its HTTP server (metrics) listens anyway
+                "127.0.0.1:0",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
+            tmp / "scheduler.log",
+        )
+    ]
+    deadline = time.monotonic() + 60
+    while not scheduler_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    # --no-nanny for the code variant: a nanny would start a fresh worker process without it
+    if worker_code:
+        worker = [sys.executable, "-c", worker_code, "--no-nanny"]
+    else:
+        worker = [sys.executable, "-m", "distributed.cli.dask_worker"]
+    for n in range(workers):
+        processes.append(
+            _start(
+                [
+                    *worker,
+                    "--scheduler-file",
+                    str(scheduler_file),
+                    "--nthreads",
+                    "2",
+                    "--host",
+                    "127.0.0.1",
+                    "--no-dashboard",
+                    "--dashboard-address",
+                    "127.0.0.1:0",
+                    "--name",
+                    f"test-worker-{n}",
+                ],
+                tmp / f"worker-{n}.log",
+            )
+        )
+    with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
+        client.wait_for_workers(workers, timeout=120)
+        address = client.scheduler.address
+    return address, processes
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Iterator[tuple[str, set[str]]]:
+    """A real cluster of one scheduler and two worker processes; yields (address, workers)."""
+    address, processes = start_cluster(tmp_path_factory.mktemp("dask"), workers=2)
+    try:
+        with Client(address, timeout=30) as client:
+            workers = set(client.scheduler_info()["workers"])
+        yield address, workers
+    finally:
+        _stop(processes)
+
+
+def test_tasks_run_on_the_external_workers_and_match_a_local_run(api, tmp_path, cluster) -> None:
+    address, workers = cluster
+    common = {"page_size": 5, "pages_per_task": 1, "cache": False}
+    on_cluster = run_flow(
+        api.url,
+        tmp_path / "dask",
+        tmp_path / "cache",
+        runner="dask",
+        dask_address=address,
+        **common,
+    ).manifest
+    local = run_flow(api.url, tmp_path / "local", tmp_path / "cache", **common).manifest
+    assert set(on_cluster.workers) <= workers
+    assert len(set(on_cluster.workers)) == 2  # five tasks spread over both workers
+    assert on_cluster.tables["users"].sha256 == local.tables["users"].sha256
+    dask_csv = tmp_path / "dask" / on_cluster.tables["users"].file
+    local_csv = tmp_path / "local" / local.tables["users"].file
+    assert dask_csv.read_bytes() == local_csv.read_bytes()
+
+
+def test_the_cli_takes_the_scheduler_from_the_environment(api, tmp_path, cluster) -> None:
+    address, workers = cluster
+    result = run_cli(
+        *("run", "--api-url", api.url, "--output-dir", str(tmp_path / "out"), "--no-cache"),
+        env={"DASK_SCHEDULER_ADDRESS": address},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Dask cluster: 2 workers, 4 threads" in result.stderr
+    manifest = next((tmp_path / "out").glob("manifest_*.json")).read_text()
+    assert any(worker in manifest for worker in workers)
+
+
+@pytest.mark.parametrize(
+    ("worker_code", "answer"),
+    [(WITHOUT_PACKAGE, "missing: ModuleNotFoundError"), (OTHER_VERSION, ": 0.0.1-other")],
+    ids=["missing", "other-version"],
+)
+def test_workers_that_cannot_run_the_tasks_are_refused_clearly(
+    api, tmp_path, worker_code, answer
+) -> None:
+    address, processes = start_cluster(tmp_path, workers=1, worker_code=worker_code)
+    try:
+        with pytest.raises(WorkerSetupError) as caught:
+            run_flow(
+                api.url, tmp_path / "out", tmp_path / "cache", runner="dask", dask_address=address
+            )
+    finally:
+        _stop(processes)
+    message = str(caught.value)
+    assert message.startswith("Dask workers cannot run the tasks (tcp://127.0.0.1:")
+    assert answer in message
+    assert "pip install -e ." in message
+    assert api.stats()["requests"] == 1  # the count: no page was fetched
+    assert not (tmp_path / "out").exists()
+
+
+def test_workers_on_other_machines_ship_their_parts_back(api, tmp_path, cluster, monkeypatch):
+    """Workers that share no disk with the flow return their part files in the result.
+
+    Shipped parts arrive under ``parts/received``, a folder only shipping writes, and the
+    workers keep no copy, so without shipping the flow would find no parts at all.
+    """
+    address, _ = cluster
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PLACEHOLDER_ETL_SHIP_PARTS", "1")  # every worker counts as remote
+    common = {"page_size": 5, "pages_per_task": 2}
+    shipped = run_flow(
+        api.url, tmp_path / "dask", cache, runner="dask", dask_address=address, **common
+    ).manifest
+    monkeypatch.delenv("PLACEHOLDER_ETL_SHIP_PARTS")
+    local = run_flow(api.url, tmp_path / "local", tmp_path / "other", cache=False, **common)
+    received = sorted((cache / "parts" / "received").rglob("*.csv"))
+    assert len(received) == 2 * shipped.chunks  # users and users_flat of every chunk
+    left_on_workers = [p for p in (cache / "parts").rglob("*.csv") if "received" not in p.parts]
+    assert left_on_workers == []
+    assert shipped.tables["users"].sha256 == local.manifest.tables["users"].sha256
+    assert shipped.tables["users_flat"].sha256 == local.manifest.tables["users_flat"].sha256
+
+
+def test_a_worker_killed_mid_run_loses_no_rows(tmp_path) -> None:
+    """SIGKILL one of two workers while it runs a task: Dask reruns that task on the other."""
+    address, processes = start_cluster(tmp_path, workers=2)
+    scheduler, victim = processes[0], processes[1]
+    try:
+        with Client(address, timeout=30) as client:
+            pids = client.run(os.getpid)  # worker address -> its process id
+        doomed = process_tree(victim.pid)
+        (victim_address,) = [a for a, pid in pids.items() if pid in doomed]
+        with make_server(users=3000, latency=0.1) as server:
+            held: list[list[str]] = []
+
+            def kill_while_it_works() -> None:
+                with Client(address, timeout=30) as watcher:
+                    deadline = time.monotonic() + 60
+                    while time.monotonic() < deadline:
+                        tasks = watcher.processing().get(victim_address, [])
+                        if tasks and server.stats()["requests"] >= 8:
+                            held.append(list(tasks))
+                            os.killpg(victim.pid, signal.SIGKILL)  # the nanny and its worker
+                            return
+                        time.sleep(0.05)
+
+            killer = threading.Thread(target=kill_while_it_works)
+            killer.start()
+            manifest = run_flow(
+                *(server.url, tmp_path / "out", tmp_path / "cache"),
+                runner="dask",
+                dask_address=address,
+                page_size=100,
+                pages_per_task=3,
+                in_flight=2,
+                cache=False,
+            ).manifest
+            killer.join()
+            pages = server.stats()["pages"]["users"]
+        assert held, "the victim never held a task"
+        assert victim.poll() is not None
+        assert max(pages.values()) >= 2, "no chunk ran twice"  # its task ran again elsewhere
+        users = (tmp_path / "out" / manifest.tables["users"].file).read_text()
+        ids = [int(line.split(",", 1)[0]) for line in users.splitlines()[1:]]
+        assert ids == list(range(1, 3001))  # every row, once, in order
+        assert victim_address not in manifest.workers
+    finally:
+        _stop([scheduler, *processes[1:]])
+
+
+@pytest.mark.parametrize("processes", [False, True])
+def test_local_clusters_listen_on_loopback_only(processes) -> None:
+    from distributed import LocalCluster
+
+    me = os.getpid()
+    before = listening_sockets(process_tree(me))  # other tests' servers in this process
+    with LocalCluster(**local_cluster_kwargs(processes, workers=1)) as cluster:
+        opened = listening_sockets(process_tree(me)) - before
+        assert cluster.scheduler_address.startswith("tcp://" if processes else "inproc://")
+    assert opened  # at least the dashboard
+    assert {ip for ip, _ in opened} == {"127.0.0.1"}
+
+
+def test_the_default_cluster_fits_the_run(api, tmp_path) -> None:
+    """A small run gets one worker in the flow's process; asking gives worker processes."""
+    common = {"runner": "dask", "cache": False}
+    cache = tmp_path / "cache"
+    small = run_flow(api.url, tmp_path / "auto", cache, **common).manifest
+    assert len(small.workers) == 1
+    assert small.workers[0].startswith("inproc://")
+    procs = run_flow(
+        api.url, tmp_path / "procs", cache, dask_processes=True, dask_threads=1, **common
+    ).manifest
+    assert procs.workers
+    assert all(w.startswith("tcp://127.0.0.1:") for w in procs.workers)
+    assert small.tables["users"].sha256 == procs.tables["users"].sha256

@@ -1,0 +1,56 @@
+"""The project's files agree with each other: pins, extras, environment.yml, entry points."""
+
+from __future__ import annotations
+
+import tomllib
+
+import yaml
+
+from tests.helpers import ROOT
+
+
+def _project() -> dict:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+def _pins() -> list[str]:
+    """Every third-party requirement: the base install and every extra."""
+    project = _project()
+    extras = [r for reqs in project["optional-dependencies"].values() for r in reqs]
+    return [r for r in project["dependencies"] + extras if not r.startswith("placeholder-etl")]
+
+
+def test_every_dependency_is_pinned_exactly() -> None:
+    assert _pins(), "no dependencies declared"
+    assert [p for p in _pins() if "==" not in p] == []
+
+
+def test_the_base_install_is_what_a_dask_worker_needs() -> None:
+    """Jupyter, papermill, plotting and Saturn's client are extras, never the base."""
+    project = _project()
+    base = {r.split("==")[0] for r in project["dependencies"]}
+    extras = project["optional-dependencies"]
+    assert not base & {"jupyterlab", "papermill", "nbconvert", "ipykernel", "matplotlib"}
+    assert "dask-saturn" not in base
+    assert {r.split("==")[0] for r in extras["notebooks"]} >= {"jupyterlab", "papermill"}
+    assert "placeholder-etl[notebooks,saturn]" in extras["dev"]  # the tests need everything
+
+
+def test_environment_yml_installs_the_same_pins_and_the_package() -> None:
+    project = _project()
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    python = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    assert python == ["python=3.11"]
+    assert project["requires-python"] == ">=3.11"
+    assert sorted(p for p in pip if not p.startswith("-e ")) == sorted(set(_pins()))
+    assert "-e .[notebooks,saturn]" in pip
+
+
+def test_the_console_scripts_and_the_deployment_entrypoint_exist() -> None:
+    assert _project()["scripts"] == {
+        "placeholder-etl": "placeholder_etl.cli:app",
+        "placeholder-api": "placeholder_api.cli:main",
+    }
+    source = (ROOT / "flows" / "etl.py").read_text()
+    assert "from placeholder_etl.flow import etl" in source

@@ -1,0 +1,83 @@
+"""Loading: atomic writes, staged commits under a lock, and the clean-up of killed runs."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from placeholder_etl.core.staging import Staging, atomic_write, make_tag, remove_stale_temps
+
+
+def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path) -> None:
+    target = tmp_path / "users.csv"
+    target.write_text("old\n")
+    with pytest.raises(RuntimeError):  # noqa: PT012 - the failure must happen mid-write
+        with atomic_write(target) as handle:
+            handle.write(b"half")
+            raise RuntimeError("died")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["users.csv"]
+
+
+def _commit(directory: str, barrier) -> str:
+    staging = Staging(Path(directory))
+    staging.temp_path("users").write_text(f"ID\n{os.getpid()}\n")
+    barrier.wait()  # every process commits in the same instant
+    return staging.commit(lambda stamp: f'{{"created": "{stamp}"}}\n'.encode())
+
+
+def test_concurrent_commits_never_share_or_overwrite_files(tmp_path) -> None:
+    with multiprocessing.Manager() as manager, ProcessPoolExecutor(8) as pool:
+        barrier = manager.Barrier(8)
+        stamps = list(pool.map(_commit, [str(tmp_path)] * 8, [barrier] * 8))
+    assert len(set(stamps)) == 8
+    pids = set()
+    for stamp in stamps:
+        users = (tmp_path / f"users_{stamp}.csv").read_text().splitlines()
+        assert users[0] == "ID"
+        pids.add(users[1])
+        assert (tmp_path / f"manifest_{stamp}.json").read_text() == f'{{"created": "{stamp}"}}\n'
+    assert len(pids) == 8  # no file overwrote another
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_abort_removes_temps_and_a_directory_it_created(tmp_path) -> None:
+    staging = Staging(tmp_path / "new")
+    staging.temp_path("users").write_text("x")
+    staging.abort()
+    assert not (tmp_path / "new").exists()
+
+
+def test_staging_rejects_names_that_could_escape_the_directory(tmp_path) -> None:
+    for bad in ("../users", "a/b", ".hidden", "x y"):
+        with pytest.raises(ValueError, match="letters, digits and underscores"):
+            Staging(tmp_path).temp_path(bad)
+
+
+def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    host, _, _ = make_tag().partition("-")
+    dead_tmp = tmp_path / f".users.csv.{host}-{dead}-abcd1234.tmp"
+    live_tmp = tmp_path / f".users.csv.{make_tag()}.tmp"
+    old_unknown = tmp_path / "sub" / ".parts.csv.elsewhere-1-abcd.tmp"
+    young_unknown = tmp_path / ".parts.csv.otherhost-1-abcd.tmp"
+    old_unknown.parent.mkdir()
+    for path in (dead_tmp, live_tmp, old_unknown, young_unknown):
+        path.write_text("partial")
+    os.utime(old_unknown, (time.time() - 90_000, time.time() - 90_000))
+    removed = remove_stale_temps(tmp_path)
+    assert sorted(removed) == sorted([dead_tmp, old_unknown])
+    assert live_tmp.exists()
+    assert young_unknown.exists()
