@@ -114,6 +114,8 @@ def etl(
         results = _received(extract, chunks, results, chunk_args)
         extracted = time.perf_counter()
 
+        for resource in pipeline.unordered_resources(results):
+            logger.warning("%s: ids out of order or repeated; sorting", resource)
         with Staging(out) as staging:
             tables = assemble_tables_task(names, results, staging)
             pipeline.check_totals(totals, tables)

@@ -135,8 +135,6 @@ def assemble_tables_task(
 
     Called in the flow's process: the output dir is on the flow's machine.
     """
-    for resource in pipeline.unordered_resources(results):
-        get_run_logger().warning("%s: ids out of order or repeated; sorting", resource)
     return pipeline.assemble_tables(resources, results, staging)
 
 

@@ -11,13 +11,13 @@ def test_a_chunk_freezes_old_objects_only_while_it_runs(api, tmp_path, monkeypat
     import gc
 
     frozen_while_writing: list[int] = []
-    rows_for = pipeline._rows_for
+    render = pipeline.render_page
 
     def spy(*args, **kwargs):
         frozen_while_writing.append(gc.get_freeze_count())
-        return rows_for(*args, **kwargs)
+        return render(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "_rows_for", spy)
+    monkeypatch.setattr(pipeline, "render_page", spy)
     spec = ChunkSpec(api_url=api.url, resource="users", first_page=1, last_page=2, page_size=5)
     result = pipeline.extract_chunk(spec, tmp_path / "parts")
     assert result.rows == 10

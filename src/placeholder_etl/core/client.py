@@ -29,7 +29,7 @@ from placeholder_etl.core.errors import PermanentError, TransientError
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.settings import ClientSettings, Paging
 
-__all__ = ["ApiClient", "Page", "ordered_map", "pages_for"]
+__all__ = ["ApiClient", "Page", "RawPage", "ordered_map", "pages_for"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,6 +45,36 @@ class Page:
     records: list[dict[str, Any]]
     total: int | None
     retries: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawPage:
+    """One fetched page as the server sent it, not decoded yet.
+
+    Attributes:
+        where: how error messages name it: ``users page 3 from <url>`` (secrets redacted).
+        total: ``X-Total-Count``, checked to be a number (None when not sent).
+    """
+
+    resource: str
+    number: int
+    url: str
+    where: str
+    body: bytes
+    content_type: str
+    total: int | None
+    retries: int
+
+    def records(self) -> list[dict[str, Any]]:
+        """The body decoded and checked against the contract (extra fields dropped).
+
+        Raises:
+            PermanentError: the body is not a JSON list; ContractError: a record breaks the
+                contract (the message names resource, page, URL, record id and field).
+        """
+        return check_records(
+            self.resource, _decode_list(self.body, self.content_type, self.where), self.where
+        )
 
 
 class _CappedRetry(Retry):
@@ -109,6 +139,29 @@ class ApiClient:
             query = f"_start={(page - 1) * page_size}&_limit={page_size}"
         return f"{self.base_url}/{resource}?{query}"
 
+    def get_page(
+        self, resource: str, page: int, page_size: int, paging: Paging = "page"
+    ) -> RawPage:
+        """GET one page; its body is decoded and checked later (:meth:`RawPage.records`).
+
+        Raises:
+            TransientError: the server could not be reached or kept failing (after retries).
+            PermanentError: any other 4xx, an ``X-Total-Count`` that is not a count.
+        """
+        url = self.page_url(resource, page, page_size, paging)
+        where = f"{resource} page {page} from {redact_url(url)}"
+        response = self._get(url, where)
+        return RawPage(
+            resource=resource,
+            number=page,
+            url=redact_url(url),
+            where=where,
+            body=response.content,
+            content_type=response.headers.get("Content-Type", ""),
+            total=_total_count(response, where),
+            retries=len(response.raw.retries.history) if response.raw.retries else 0,
+        )
+
     def fetch_page(self, resource: str, page: int, page_size: int, paging: Paging = "page") -> Page:
         """GET one page, decode it and check its records against the contract.
 
@@ -116,14 +169,8 @@ class ApiClient:
             TransientError: the server could not be reached or kept failing (after retries).
             PermanentError: any other 4xx, a body that is not a JSON list, a contract breach.
         """
-        url = self.page_url(resource, page, page_size, paging)
-        where = f"{resource} page {page} from {redact_url(url)}"
-        response = self._get(url, where)
-        records = _decode_list(response, where)
-        checked = check_records(resource, records, where)
-        total = _total_count(response, where)
-        retries = len(response.raw.retries.history) if response.raw.retries else 0
-        return Page(resource, page, redact_url(url), checked, total, retries)
+        raw = self.get_page(resource, page, page_size, paging)
+        return Page(resource, page, raw.url, raw.records(), raw.total, raw.retries)
 
     def fetch_all(
         self, resource: str, page_size: int = 1000, paging: Paging = "page"
@@ -147,7 +194,8 @@ class ApiClient:
         url = self.page_url(resource, 1, 1, paging)
         where = f"{resource} count from {redact_url(url)}"
         response = self._get(url, where)
-        records = _decode_list(response, where)
+        content_type = response.headers.get("Content-Type", "")
+        records = _decode_list(response.content, content_type, where)
         total = _total_count(response, where)
         if resource == "users" and (total == 0 or (total is None and not records)):
             raise PermanentError(f"{where}: the users list is empty")
@@ -191,9 +239,7 @@ def _reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
-def _decode_list(response: requests.Response, where: str) -> list[Any]:
-    content_type = response.headers.get("Content-Type", "")
-    body = response.content
+def _decode_list(body: bytes, content_type: str, where: str) -> list[Any]:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

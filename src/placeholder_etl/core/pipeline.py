@@ -25,8 +25,9 @@ from operator import itemgetter
 from pathlib import Path
 from typing import IO
 
-from placeholder_etl.core.client import ApiClient, Page, ordered_map, pages_for
+from placeholder_etl.core.client import ApiClient, RawPage, ordered_map, pages_for
 from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.fastpath import PageTables, page_tables
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES
 from placeholder_etl.core.results import (
@@ -68,6 +69,7 @@ __all__ = [
     "plan_chunks",
     "prepare_output",
     "receive_parts",
+    "render_page",
     "ship_parts",
     "total_pages",
     "unordered_resources",
@@ -184,14 +186,32 @@ def table_header(table: str) -> bytes:
     return csv_header(FLAT_COLUMNS[table.removesuffix("_flat")])
 
 
-def _rows_for(table: str, page: Page, keep_formulas: bool = False) -> bytes:
-    """A page's CSV rows for ``table``: the bytes ``transform_users``/``flatten_records``
-    followed by ``to_csv`` would give, built from tuples (no DataFrame per page)."""
-    if table == "users":
-        rows = [seed_row(user) for user in sorted(page.records, key=itemgetter("id"))]
-    else:
-        rows = flat_rows(page.resource, page.records)
-    return csv_rows(rows, keep_formulas)
+def render_page(raw: RawPage, keep_formulas: bool = False) -> PageTables:
+    """A fetched page's CSV rows per output table, checked against the contract.
+
+    The compiled path (:mod:`placeholder_etl.core.fastpath`: Arrow, without the GIL) takes
+    ordinary pages; a page it declines goes through the pydantic contract and
+    :mod:`placeholder_etl.core.rows`, which give the same bytes or raise the error that names
+    the resource, page, URL, record id and field.
+    """
+    fast = page_tables(raw.resource, raw.body, keep_formulas)
+    return fast if fast is not None else _checked_page(raw, keep_formulas)
+
+
+def _checked_page(raw: RawPage, keep_formulas: bool) -> PageTables:
+    """:func:`render_page` through the contract's models and ``rows.py`` (the diagnostic path)."""
+    records = raw.records()
+    tables = {}
+    for table in TABLES[raw.resource]:
+        if table == "users":
+            rows = [seed_row(user) for user in sorted(records, key=itemgetter("id"))]
+        else:
+            rows = flat_rows(raw.resource, records)
+        tables[table] = csv_rows(rows, keep_formulas)
+    ids = [record["id"] for record in records]
+    ordered = all(a < b for a, b in itertools.pairwise(ids))
+    first, last = (ids[0], ids[-1]) if ids else (None, None)
+    return PageTables(tables, len(ids), first, last, ordered)
 
 
 def worker_name() -> str:
@@ -271,22 +291,23 @@ def extract_chunk(
     try:
         with long_lived_objects_frozen(), ApiClient(spec.api_url, client) as api:
 
-            def fetch(page: int) -> Page:
-                return api.fetch_page(spec.resource, page, spec.page_size, spec.paging)
+            def fetch(number: int) -> tuple[RawPage, PageTables]:
+                """In a fetch thread: the page's rows are rendered there, in parallel."""
+                raw = api.get_page(spec.resource, number, spec.page_size, spec.paging)
+                return raw, render_page(raw, keep_formulas)
 
-            for page in ordered_map(fetch, _page_numbers(spec), in_flight):
+            for raw, page in ordered_map(fetch, _page_numbers(spec), in_flight):
                 pages_read += 1
-                retries += page.retries
+                retries += raw.retries
                 for table in tables:
-                    handles[table].write(_rows_for(table, page, keep_formulas))
-                for record in page.records:
-                    rid = record["id"]
-                    if last_id is not None and rid <= last_id:
+                    handles[table].write(page.tables[table])
+                if page.first_id is not None:
+                    if not page.ordered or (last_id is not None and page.first_id <= last_id):
                         ordered = False
-                    first_id = rid if first_id is None else first_id
-                    last_id = rid
-                rows += len(page.records)
-                if spec.last_page is None and len(page.records) < spec.page_size:
+                    first_id = page.first_id if first_id is None else first_id
+                    last_id = page.last_id
+                rows += page.rows
+                if spec.last_page is None and page.rows < spec.page_size:
                     break
         for table in tables:
             fsync_file(handles[table])
