@@ -49,11 +49,12 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def run_flow(api_url: str, out: Path, cache_dir: Path, **options: Any):
+def run_flow(api_url: str, out: Path | str, cache_dir: Path | str, **options: Any):
     """Run the flow in this process with the CLI's option names (``page_size=10``...).
 
     Defaults suit a small test: threads, 10 records a page, one page a task, short retry
-    delays. Returns the flow's :class:`~placeholder_etl.core.results.RunResult`.
+    delays. ``cache_dir`` "" keeps the default cache. Returns the flow's
+    :class:`~placeholder_etl.core.results.RunResult`.
     """
     from placeholder_etl.cli import settings_from_options
     from placeholder_etl.flow import etl
@@ -65,6 +66,36 @@ def run_flow(api_url: str, out: Path, cache_dir: Path, **options: Any):
         | {"api_url": api_url, "output_dir": str(out), "cache_dir": str(cache_dir)}
     )
     return etl(**settings.flow_parameters())
+
+
+def run_logs(flow_run_id: str | None = None) -> str:
+    """The log lines a flow run sent to the Prefect API (the latest run when no id is given),
+    as the UI shows them. Prefect's queued logs are sent first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort, LogSort
+
+    from placeholder_etl.prefect_api import drain
+
+    drain()
+    with get_client(sync_client=True) as client:
+        if flow_run_id is None:
+            (latest,) = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+            flow_run_id = str(latest.id)
+        else:
+            client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+            )
+        logs = client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+            sort=LogSort.TIMESTAMP_ASC,
+        )
+    return "\n".join(log.message for log in logs)
 
 
 def snapshot(directory: Path) -> dict[str, bytes]:

@@ -12,11 +12,11 @@ import socket
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.context import FlowRunContext
+from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from placeholder_etl.cluster import check_workers, cluster_threads, make_task_runner
@@ -33,7 +33,8 @@ from placeholder_etl.core.settings import (
     ResourceNames,
     environment,
 )
-from placeholder_etl.core.staging import Staging, remove_stale_temps
+from placeholder_etl.core.staging import ObjectStaging
+from placeholder_etl.core.store import Store
 from placeholder_etl.notify import notify_failure
 from placeholder_etl.task_runner import ChosenAtStart
 from placeholder_etl.tasks import (
@@ -81,14 +82,14 @@ def etl(
     logger = get_run_logger()
     started, clock = datetime.now(UTC), time.perf_counter()
     api_url, names = api_url.rstrip("/"), list(resolve_resources(resources))
-    out, cache_dir = pipeline.prepare_output(output_dir), fetch.cache_path()
-    for stale in remove_stale_temps(out) + remove_stale_temps(cache_dir):
-        logger.info("removed %s left by an earlier run", stale)
+    staging = pipeline.output_staging(output_dir)  # a clear error for an unusable URL
+    cache = pipeline.cache_store(fetch.cache_url(output_dir))
+    max_age = fetch.cache_hours * 3600
+    for leftover in pipeline.remove_leftovers(staging, cache, max_age):
+        logger.info("removed %s left by an earlier run", leftover)
     options = task_options(fetch)
 
-    totals = count_records_task.with_options(**options)(
-        api_url, names, fetch.client, fetch.paging, str(cache_dir)
-    )
+    totals = count_records_task.with_options(**options)(api_url, names, fetch.client, fetch.paging)
     counted = time.perf_counter()
     slots = _start_task_runner(cluster, totals)
     per_task = fetch.pages_per_task or pipeline.auto_pages_per_chunk(totals, fetch.page_size, slots)
@@ -100,24 +101,32 @@ def etl(
         len(chunks),
     )
     run_id = f"{started:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
-    with pipeline.parts_folder(cache_dir, fetch.cache, run_id) as parts_dir:
+    with pipeline.run_cache(cache, fetch.cache, run_id) as pages:
         extract = extract_chunk_task.with_options(**options)
         chunk_args = {
-            "parts_dir": str(parts_dir),
-            "keep_formulas": output.keep_formulas,
+            "cache_url": pages.url,
+            # Parquet keeps text as it is: formula guarding is for spreadsheets opening CSV
+            "keep_formulas": output.keep_formulas or output.format == "parquet",
             "client": fetch.client,
             "in_flight": fetch.in_flight,
+            "max_age": max_age if fetch.cache else None,
             # the flow's host; environment().ship_parts ships parts as if every worker were remote
             "flow_host": "" if environment().ship_parts else socket.gethostname(),
         }
-        results = extract.map(chunks, **{k: unmapped(v) for k, v in chunk_args.items()}).result()
-        results = _received(extract, chunks, results, chunk_args)
+        futures = extract.map(chunks, **{k: unmapped(v) for k, v in chunk_args.items()})
+        wait(futures)  # on a failure, no task is left writing pages after this run ends
+        results = futures.result()
+        results = _received(extract, chunks, results, pages, chunk_args)
         extracted = time.perf_counter()
 
         for resource in pipeline.unordered_resources(results):
             logger.warning("%s: ids out of order or repeated; sorting", resource)
-        with Staging(out) as staging:
-            tables = assemble_tables_task(names, results, staging)
+        with staging:
+            assemble = (names, results, pages.url, staging, output.format)
+            if isinstance(staging, ObjectStaging):  # on the task runner: no rows in this process
+                tables = assemble_tables_task.submit(*assemble).result()
+            else:  # a local folder is written by this process
+                tables = assemble_tables_task(*assemble)
             pipeline.check_totals(totals, tables)
             timings = Timings(
                 count_s=round(counted - clock, 3),
@@ -133,29 +142,34 @@ def etl(
                 started=started,
                 timings=timings,
                 flow_run_id=str(flow_run.get_id()),
+                fmt=output.format,
             )
             manifest = pipeline.commit(staging, manifest, clock)
 
+    out = staging.store
     result = RunResult(
         manifest=manifest,
-        output_dir=str(out),
-        manifest_file=str(out / f"manifest_{manifest.created}.json"),
+        output_dir=out.url,
+        manifest_file=out.url_of(out.path(f"manifest_{manifest.created}.json")),
     )
     publish(result)
     return render_report_task(result) if output.report else result
 
 
 def _received(
-    extract: Any, chunks: list[ChunkSpec], results: list[ChunkResult], args: dict[str, Any]
+    extract: Any,
+    chunks: list[ChunkSpec],
+    results: list[ChunkResult],
+    cache: Store,
+    args: dict[str, Any],
 ) -> list[ChunkResult]:
-    """Write shipped parts beside the flow; fetch again cached chunks whose parts are gone."""
-    parts_dir = args["parts_dir"]
-    received = [pipeline.receive_parts(r, Path(parts_dir)) for r in results]
+    """Write shipped rows beside the flow; fetch again cached chunks whose pages are gone."""
+    received = [pipeline.receive_parts(r, cache) for r in results]
     for i, (spec, result) in enumerate(zip(chunks, received, strict=True)):
-        if pipeline.parts_missing(result):
-            get_run_logger().info("%s: cached parts are gone, fetching again", spec.label)
+        if pipeline.parts_missing(result, cache):
+            get_run_logger().info("%s: cached pages are gone, fetching again", spec.label)
             fresh = extract.with_options(refresh_cache=True)(spec, **args)
-            received[i] = pipeline.receive_parts(fresh, Path(parts_dir))
+            received[i] = pipeline.receive_parts(fresh, cache)
     return received
 
 

@@ -25,7 +25,8 @@ from placeholder_etl.core import pipeline
 from placeholder_etl.core.errors import is_transient
 from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, TableInfo
 from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging
-from placeholder_etl.core.staging import Staging
+from placeholder_etl.core.staging import ObjectStaging, Staging
+from placeholder_etl.core.tables import Format
 
 __all__ = [
     "assemble_tables_task",
@@ -72,18 +73,15 @@ def task_options(fetch: FetchSettings) -> dict[str, Any]:
 
 @task(
     name="count-records",
-    cache_policy=(INPUTS - "client") + TASK_SOURCE,
+    cache_policy=NO_CACHE,  # asked every run: a changed total must be seen
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
     timeout_seconds=600,
 )
 def count_records_task(
-    api_url: str, resources: list[str], client: ClientSettings, paging: Paging, cache_dir: str
+    api_url: str, resources: list[str], client: ClientSettings, paging: Paging
 ) -> dict[str, int | None]:
-    """How many records each resource has (None when the server does not say).
-
-    ``cache_dir`` is only part of the cache key: a fresh cache folder is a fresh cache.
-    """
+    """How many records each resource has (None when the server does not say)."""
     totals = pipeline.count_records(api_url, resources, client, paging)
     for resource, total in totals.items():
         get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
@@ -94,48 +92,57 @@ def count_records_task(
     name="extract-chunk",
     task_run_name="extract {spec.label}",
     # how patiently pages are fetched does not change what a chunk holds: not in its key
-    cache_policy=(INPUTS - "client" - "in_flight" - "flow_host") + TASK_SOURCE,
+    cache_policy=(INPUTS - "client" - "in_flight" - "max_age" - "flow_host") + TASK_SOURCE,
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
     timeout_seconds=600,
 )
 def extract_chunk_task(
     spec: ChunkSpec,
-    parts_dir: str,
+    cache_url: str,
     keep_formulas: bool,
     client: ClientSettings,
     in_flight: int,
+    max_age: float | None,
     flow_host: str,
 ) -> ChunkResult:
-    """Fetch a chunk of pages and write its part files; returns paths and counts.
+    """Fetch a chunk of pages, each durable once checked; returns paths and counts.
 
-    On a worker on another machine than the flow (``flow_host``) the parts travel back
+    On a worker on another machine than the flow, with a local cache, the rows travel back
     compressed in the result (:func:`placeholder_etl.core.pipeline.ship_parts`).
     """
     started = time.perf_counter()
-    result = pipeline.extract_chunk(spec, Path(parts_dir), client, in_flight, keep_formulas)
+    cache = pipeline.cache_store(cache_url)
+    result = pipeline.extract_chunk(spec, cache, client, in_flight, keep_formulas, max_age)
     get_run_logger().info(
-        "%s: %d rows from %d pages in %.2f s (%d retries) on %s",
+        "%s: %d rows from %d pages (%d reused) in %.2f s (%d retries) on %s",
         spec.label,
         result.rows,
         result.pages,
+        result.pages_reused,
         time.perf_counter() - started,
         result.retries,
         result.worker,
     )
     result = result.model_copy(update={"flow_run_id": str(flow_run.get_id())})
-    return pipeline.ship_parts(result, flow_host)
+    return pipeline.ship_parts(result, cache, flow_host)
 
 
 @task(name="assemble-tables", cache_policy=NO_CACHE)
 def assemble_tables_task(
-    resources: list[str], results: list[ChunkResult], staging: Staging
+    resources: list[str],
+    results: list[ChunkResult],
+    cache_url: str,
+    staging: Staging | ObjectStaging,
+    fmt: Format,
 ) -> dict[str, TableInfo]:
-    """Join the part files into staged tables (and the activity summary with every resource).
+    """Write the tables (and the activity summary with every resource) into the staging.
 
-    Called in the flow's process: the output dir is on the flow's machine.
+    A local output folder is written by the flow's own process; an object-store output by a
+    task on the task runner (a Dask worker), so the flow's process never reads row data.
     """
-    return pipeline.assemble_tables(resources, results, staging)
+    cache = pipeline.cache_store(cache_url)
+    return pipeline.assemble_tables(resources, results, cache, staging, fmt)
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
@@ -146,6 +153,11 @@ def render_report_task(result: RunResult) -> RunResult:
     """
     from placeholder_etl.report import render_report
 
+    if "://" in result.output_dir:
+        get_run_logger().warning("report: not rendered for an object-store output (local only)")
+        return result.model_copy(
+            update={"report_error": "the report is rendered for a local output folder only"}
+        )
     try:
         path = render_report(Path(result.manifest_file), Path(result.output_dir))
     except Exception as exc:  # noqa: BLE001 - report problems must not fail a good load

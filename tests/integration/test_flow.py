@@ -82,19 +82,23 @@ def test_a_second_run_makes_no_page_requests(api, tmp_path, cache_dir) -> None:
     assert api.stats()["requests"] == 4  # a count and three pages
     api.reset_stats()
     second = run(api.url, tmp_path / "b", cache_dir)
-    assert api.stats()["requests"] == 0
+    assert api.stats()["requests"] == 1  # the count, asked every run
     assert second.cached_chunks == second.chunks == 3
+    assert (second.pages, second.pages_fetched) == (3, 0)
     assert users_csv(tmp_path / "a").read_bytes() == users_csv(tmp_path / "b").read_bytes()
     assert first.tables["users"].sha256 == second.tables["users"].sha256
 
 
 def test_cached_pages_whose_files_are_gone_are_fetched_again(api, tmp_path, cache_dir) -> None:
     run(api.url, tmp_path / "a", cache_dir)
-    for part in (cache_dir / "parts").rglob("*.csv"):
-        part.unlink()
+    pages = [p for p in (cache_dir / "pages").rglob("*") if p.is_file()]
+    assert any(p.name.endswith(".users.csv") for p in pages)
+    for page in pages:
+        page.unlink()
     api.reset_stats()
     manifest = run(api.url, tmp_path / "b", cache_dir)
-    assert api.stats()["requests"] == 3  # pages again; the count is still cached
+    assert api.stats()["requests"] == 4  # the count and the pages again
+    assert manifest.pages_fetched == 3
     assert manifest.tables["users"].rows == 25
 
 
@@ -102,7 +106,7 @@ def test_without_cache_every_run_fetches(api, tmp_path, cache_dir) -> None:
     run(api.url, tmp_path / "a", cache_dir, cache=False)
     run(api.url, tmp_path / "b", cache_dir, cache=False)
     assert api.stats()["requests"] == 8
-    assert not any((cache_dir / "parts").glob("run-*"))
+    assert not any((cache_dir / "runs").glob("run-*"))  # each run's own pages, removed
 
 
 def test_unknown_total_stops_on_a_short_page(tmp_path, cache_dir) -> None:

@@ -10,7 +10,7 @@ from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.transform import neutralise_formulas
-from tests.helpers import run_flow, snapshot
+from tests.helpers import run_flow, run_logs, snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -24,14 +24,14 @@ def seed_table(tmp_path, manifest) -> pd.DataFrame:
     return pd.read_csv(tmp_path / "out" / manifest.tables["users"].file, dtype=str)
 
 
-def test_duplicate_ids_across_pages_are_dropped(tmp_path, capfd) -> None:
+def test_duplicate_ids_across_pages_are_dropped(tmp_path) -> None:
     with make_server(users=25, fault="dup-ids") as server:
         manifest = run(server, tmp_path)
     users = seed_table(tmp_path, manifest)
     assert users["ID"].astype(int).tolist() == list(range(1, 26))
     assert manifest.tables["users"].rows == 25
     assert manifest.tables["users_flat"].rows == 25
-    assert "users: ids out of order or repeated; sorting" in capfd.readouterr().err
+    assert "users: ids out of order or repeated; sorting" in run_logs(manifest.flow_run_id)
 
 
 @pytest.mark.parametrize(
@@ -92,12 +92,8 @@ def test_output_dir_that_is_a_file_is_refused(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("fault", ["none", "malformed"])
-def test_credentials_in_the_api_url_never_reach_outputs(tmp_path, capfd, fault) -> None:
-    """On success and on the failure path: files, the run's log lines and the error message.
-
-    (Prefect replaces the root logger's handlers during a run, so the log is read from the
-    process's stderr, where Prefect's console handler writes it.)
-    """
+def test_credentials_in_the_api_url_never_reach_outputs(tmp_path, fault) -> None:
+    """On success and on the failure path: files, the run's logs in Prefect and the error."""
     with make_server(users=3, fault=fault) as server:
         url = server.url.replace("http://", "http://etl:hunter2@")
         if fault == "none":
@@ -110,8 +106,8 @@ def test_credentials_in_the_api_url_never_reach_outputs(tmp_path, capfd, fault) 
         assert server.stats()["requests"] >= 1  # the credentials were really sent
     written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())
     assert "hunter2" not in written
-    log = capfd.readouterr().err
-    assert "Beginning flow run" in log  # the log was captured
+    log = run_logs()
+    assert "Beginning flow run" in log  # the run's log, as the Prefect UI shows it
     assert "hunter2" not in log
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from placeholder_etl.core import pipeline
 from placeholder_etl.core.results import ChunkSpec
+from placeholder_etl.core.store import Store
 
 
 def test_a_chunk_freezes_old_objects_only_while_it_runs(api, tmp_path, monkeypatch) -> None:
@@ -19,7 +20,7 @@ def test_a_chunk_freezes_old_objects_only_while_it_runs(api, tmp_path, monkeypat
 
     monkeypatch.setattr(pipeline, "render_page", spy)
     spec = ChunkSpec(api_url=api.url, resource="users", first_page=1, last_page=2, page_size=5)
-    result = pipeline.extract_chunk(spec, tmp_path / "parts")
+    result = pipeline.extract_chunk(spec, Store.open(str(tmp_path / "cache")))
     assert result.rows == 10
     assert frozen_while_writing
     assert min(frozen_while_writing) > 0

@@ -350,7 +350,7 @@ def load_recipe(path: Path) -> WorkspaceRecipe | JobRecipe | DeploymentRecipe:
     return RECIPE.validate_json(path.read_bytes())
 
 
-_LOCAL_PIP_LINE = re.compile(r"^\s*- -e \.(\[[a-z,]+\])?\s*$")
+_LOCAL_PIP_LINE = re.compile(r"^\s*- -e \.(\[[a-z0-9,]+\])?\s*$")
 
 
 def saturn_environment(environment_yml: str) -> str:

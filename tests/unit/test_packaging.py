@@ -33,7 +33,7 @@ def test_the_base_install_is_what_a_dask_worker_needs() -> None:
     assert not base & {"jupyterlab", "papermill", "nbconvert", "ipykernel", "matplotlib"}
     assert "dask-saturn" not in base
     assert {r.split("==")[0] for r in extras["notebooks"]} >= {"jupyterlab", "papermill"}
-    assert "placeholder-etl[notebooks,saturn]" in extras["dev"]  # the tests need everything
+    assert "placeholder-etl[notebooks,saturn,s3]" in extras["dev"]  # the tests need everything
 
 
 def test_environment_yml_installs_the_same_pins_and_the_package() -> None:
@@ -44,7 +44,7 @@ def test_environment_yml_installs_the_same_pins_and_the_package() -> None:
     assert python == ["python=3.11"]
     assert project["requires-python"] == ">=3.11"
     assert sorted(p for p in pip if not p.startswith("-e ")) == sorted(set(_pins()))
-    assert "-e .[notebooks,saturn]" in pip
+    assert "-e .[notebooks,saturn,s3]" in pip
 
 
 def test_the_console_scripts_and_the_deployment_entrypoint_exist() -> None:

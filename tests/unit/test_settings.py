@@ -137,7 +137,8 @@ def test_the_environment_is_read_in_one_place(monkeypatch, tmp_path) -> None:
     env = environment()
     assert isinstance(env, Environment)
     assert env.cache_dir == str(tmp_path / "c")
-    assert FetchSettings().cache_path() == tmp_path / "c"
+    assert FetchSettings().cache_url() == str(tmp_path / "c")
+    assert FetchSettings().cache_url("s3://b/run") == "s3://b/run/_placeholder_etl/cache"
     assert env.notify_webhook is not None
     assert "secret" not in repr(env)  # a SecretStr
     assert env.saturn_base_url == "https://app.example"

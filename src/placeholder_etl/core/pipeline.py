@@ -13,7 +13,6 @@ import hashlib
 import itertools
 import math
 import os
-import shutil
 import socket
 import threading
 import time
@@ -23,11 +22,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import IO
+from typing import Any
 
+from placeholder_etl.core import pages
 from placeholder_etl.core.client import ApiClient, RawPage, ordered_map, pages_for
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import PageTables, page_tables
+from placeholder_etl.core.pages import Done, PageBook
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES
 from placeholder_etl.core.results import (
@@ -38,38 +39,33 @@ from placeholder_etl.core.results import (
     TableInfo,
     Timings,
 )
-from placeholder_etl.core.rows import (
-    FLAT_COLUMNS,
-    SEED_COLUMNS,
-    csv_header,
-    csv_rows,
-    flat_rows,
-    seed_row,
-)
+from placeholder_etl.core.rows import csv_rows, flat_rows, seed_row
 from placeholder_etl.core.settings import ClientSettings, Paging
 from placeholder_etl.core.staging import (
-    TEMP_SUFFIX,
+    ObjectStaging,
     Staging,
-    atomic_write,
-    concat_files,
-    fsync_file,
-    make_tag,
+    remove_dead_runs,
+    remove_stale_temps,
 )
+from placeholder_etl.core.store import Store
+from placeholder_etl.core.tables import SUFFIX, Format, build_activity, write_table
 
 __all__ = [
     "assemble_tables",
     "auto_pages_per_chunk",
     "build_manifest",
+    "cache_store",
     "check_totals",
     "commit",
     "count_records",
     "extract_chunk",
-    "parts_folder",
+    "output_staging",
     "parts_missing",
     "plan_chunks",
-    "prepare_output",
     "receive_parts",
+    "remove_leftovers",
     "render_page",
+    "run_cache",
     "ship_parts",
     "total_pages",
     "unordered_resources",
@@ -81,31 +77,55 @@ Totals = Mapping[str, int | None]
 # --------------------------------------------------------------------------- folders
 
 
-def prepare_output(output_dir: str) -> Path:
-    """The output folder as an absolute path (it need not exist yet).
+def output_staging(
+    output_dir: str, storage_options: dict[str, Any] | None = None
+) -> Staging | ObjectStaging:
+    """The staging of a run's tables in ``output_dir``: a local folder (renamed into place
+    under a lock) or an object store (published with the manifest last).
 
     Raises:
-        NotADirectoryError: ``output_dir`` is a file.
+        NotADirectoryError: ``output_dir`` is a file; StoreError: an unknown scheme or a
+            missing filesystem package.
     """
-    out = Path(output_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"output dir {out} is a file")
-    return out
+    store = Store.open(output_dir, storage_options)
+    if store.local:
+        out = Path(store.root)
+        if out.exists() and not out.is_dir():
+            raise NotADirectoryError(f"output dir {out} is a file")
+        return Staging(out)
+    return ObjectStaging(store)
+
+
+def cache_store(cache_dir: str, storage_options: dict[str, Any] | None = None) -> Store:
+    """The page cache: a local folder or an object store."""
+    return Store.open(cache_dir, storage_options)
+
+
+def remove_leftovers(staging: Staging | ObjectStaging, cache: Store, max_age: float) -> list[str]:
+    """What killed runs left (temporary files, staging, claims) and expired page checkpoints."""
+    removed: list[str] = []
+    if isinstance(staging, Staging):
+        removed += map(str, remove_stale_temps(staging.directory))
+    else:
+        removed += remove_dead_runs(staging.store)
+    if cache.local:
+        removed += map(str, remove_stale_temps(Path(cache.root)))
+    removed += pages.expire(cache, max_age)
+    return removed
 
 
 @contextmanager
-def parts_folder(cache_dir: Path, cache: bool, run_id: str) -> Iterator[Path]:
-    """Where a run's part files go: ``<cache_dir>/parts``, shared by runs that reuse pages;
-    with ``cache`` off, a folder of this run's own, removed when the block ends."""
-    parts = cache_dir / "parts"
-    if cache:
-        yield parts
+def run_cache(cache: Store, keep: bool, run_id: str) -> Iterator[Store]:
+    """Where a run keeps its pages: the shared cache, or with ``keep`` off, a folder of this
+    run's own, removed when the block ends."""
+    if keep:
+        yield cache
         return
-    own = parts / f"run-{run_id}"
+    own = cache.child("runs", f"run-{run_id}")
     try:
         yield own
     finally:
-        shutil.rmtree(own, ignore_errors=True)
+        cache.remove(own.root, recursive=True)
 
 
 # --------------------------------------------------------------------------- count and plan
@@ -170,6 +190,7 @@ def plan_chunks(
                 last_page=last,
                 page_size=page_size,
                 paging=paging,
+                total=total,
             )
             for first, last in ranges
         ]
@@ -177,13 +198,6 @@ def plan_chunks(
 
 
 # --------------------------------------------------------------------------- extract
-
-
-def table_header(table: str) -> bytes:
-    """The CSV header line of an output table."""
-    if table == "users":
-        return csv_header(SEED_COLUMNS)
-    return csv_header(FLAT_COLUMNS[table.removesuffix("_flat")])
 
 
 def render_page(raw: RawPage, keep_formulas: bool = False) -> PageTables:
@@ -260,93 +274,85 @@ def _page_numbers(spec: ChunkSpec) -> Iterator[int]:
 
 def extract_chunk(
     spec: ChunkSpec,
-    parts_dir: Path,
+    cache: Store,
     client: ClientSettings | None = None,
     in_flight: int = 16,
     keep_formulas: bool = False,
+    max_age: float | None = None,
 ) -> ChunkResult:
-    """Fetch, check and transform a chunk of pages into one part file per output table.
+    """Fetch, check and transform a chunk of pages; every page is durable once checked.
 
-    Text that a spreadsheet would run as a formula is neutralised unless ``keep_formulas``
-    (:func:`~placeholder_etl.core.transform.neutralise_formulas`).
-
-    Pages are fetched ``in_flight`` at a time and written in page order, so memory holds at
-    most ``in_flight`` pages. Part files are written under temporary names and renamed when
-    complete: a part file that exists is whole.
+    Pages already checkpointed (by an earlier attempt, an earlier run, or another worker
+    that ran this chunk before it was lost), younger than ``max_age`` seconds, are reused
+    and not fetched again (:mod:`placeholder_etl.core.pages`). The others are fetched
+    ``in_flight`` at a time; each is checked and rendered in its fetch thread (compiled code
+    that releases the GIL, :func:`render_page`) and written as soon as it is checked. Text
+    that a spreadsheet would run as a formula is neutralised unless ``keep_formulas``.
 
     Raises:
-        TransientError, PermanentError: as :meth:`ApiClient.fetch_page`.
+        TransientError, PermanentError: as :meth:`ApiClient.get_page` and :func:`render_page`.
     """
     client = client or ClientSettings(pool_size=in_flight)
-    out_dir = parts_dir / (f"{spec.key}-raw" if keep_formulas else spec.key)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tag = make_tag()
-    tables = TABLES[spec.resource]
-    finals = {table: out_dir / f"{table}.csv" for table in tables}
-    temps = {table: out_dir / f".{table}.csv.{tag}{TEMP_SUFFIX}" for table in tables}
-    rows = retries = pages_read = 0
+    book = PageBook.of(cache, spec, keep_formulas)
+    done = book.done(max_age)
+    counts = {"rows": 0, "pages": 0, "reused": 0, "retries": 0}
     first_id = last_id = None
     ordered = True
-    handles = {table: temps[table].open("wb") for table in tables}
-    try:
-        with long_lived_objects_frozen(), ApiClient(spec.api_url, client) as api:
+    numbers: list[int] = []
+    with long_lived_objects_frozen(), ApiClient(spec.api_url, client) as api:
 
-            def fetch(number: int) -> tuple[RawPage, PageTables]:
-                """In a fetch thread: the page's rows are rendered there, in parallel."""
-                raw = api.get_page(spec.resource, number, spec.page_size, spec.paging)
-                return raw, render_page(raw, keep_formulas)
+        def fetch(number: int) -> tuple[Done, int]:
+            """In a fetch thread: fetch, check, render and write one page (or reuse it)."""
+            if number in done:
+                return done[number], -1
+            raw = api.get_page(spec.resource, number, spec.page_size, spec.paging)
+            return book.write(number, render_page(raw, keep_formulas)), raw.retries
 
-            for raw, page in ordered_map(fetch, _page_numbers(spec), in_flight):
-                pages_read += 1
-                retries += raw.retries
-                for table in tables:
-                    handles[table].write(page.tables[table])
-                if page.first_id is not None:
-                    if not page.ordered or (last_id is not None and page.first_id <= last_id):
-                        ordered = False
-                    first_id = page.first_id if first_id is None else first_id
-                    last_id = page.last_id
-                rows += page.rows
-                if spec.last_page is None and page.rows < spec.page_size:
-                    break
-        for table in tables:
-            fsync_file(handles[table])
-            handles[table].close()
-            temps[table].replace(finals[table])
-    finally:
-        for table in tables:
-            handles[table].close()
-            temps[table].unlink(missing_ok=True)
+        for page, retries in ordered_map(fetch, _page_numbers(spec), in_flight):
+            numbers.append(page.number)
+            counts["pages"] += 1
+            counts["reused" if retries < 0 else "retries"] += 1 if retries < 0 else retries
+            if page.first_id is not None:
+                if not page.ordered or (last_id is not None and page.first_id <= last_id):
+                    ordered = False
+                first_id = page.first_id if first_id is None else first_id
+                last_id = page.last_id
+            counts["rows"] += page.rows
+            if spec.last_page is None and page.rows < spec.page_size:
+                break
     return ChunkResult(
         spec=spec,
-        pages=pages_read,
-        rows=rows,
-        parts={table: str(path) for table, path in finals.items()},
+        pages=counts["pages"],
+        pages_reused=counts["reused"],
+        rows=counts["rows"],
+        parts={table: [book.file(n, table) for n in numbers] for table in book.tables},
         first_id=first_id,
         last_id=last_id,
         ordered=ordered,
-        retries=retries,
+        retries=counts["retries"],
         worker=worker_name(),
     )
 
 
-def ship_parts(result: ChunkResult, flow_host: str) -> ChunkResult:
-    """On a worker on another machine than the flow, put the part files in the result.
+def ship_parts(result: ChunkResult, cache: Store, flow_host: str) -> ChunkResult:
+    """On a worker on another machine than the flow, put the chunk's rows in the result.
 
-    Workers on the flow's own machine return paths only (the data stays on disk). A worker
-    elsewhere (Saturn Cloud, a remote cluster) cannot share its disk, so it returns its parts
-    zlib-compressed and removes its copies; :func:`receive_parts` writes them beside the flow.
+    A worker on the flow's machine, or one writing to an object store, returns paths only
+    (the data stays where the flow can read it). A worker elsewhere with a local cache
+    cannot share its disk, so it returns each table's pages joined and zlib-compressed;
+    :func:`receive_parts` writes them beside the flow.
     """
-    if socket.gethostname() == flow_host:
+    if not cache.local or socket.gethostname() == flow_host:
         return result
-    packed = {table: zlib.compress(Path(p).read_bytes(), 1) for table, p in result.parts.items()}
-    for path in result.parts.values():  # the flow keeps them now; the worker's disk stays clean
-        Path(path).unlink()
+    packed = {
+        table: zlib.compress(b"".join(cache.cat(p) for p in paths), 1)
+        for table, paths in result.parts.items()
+    }
     return result.model_copy(update={"packed": packed})
 
 
-def receive_parts(result: ChunkResult, parts_dir: Path) -> ChunkResult:
-    """Write shipped part files (see :func:`ship_parts`) under ``parts_dir/received``.
+def receive_parts(result: ChunkResult, cache: Store) -> ChunkResult:
+    """Write shipped rows (see :func:`ship_parts`) under ``<cache>/received``.
 
     Returns:
         The result pointing at the received files (unchanged when nothing was shipped).
@@ -355,18 +361,22 @@ def receive_parts(result: ChunkResult, parts_dir: Path) -> ChunkResult:
         return result
     parts = {}
     for table, data in result.packed.items():
-        remote = Path(result.parts[table])
-        local = parts_dir / "received" / remote.parent.name / remote.name
-        local.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(local) as handle:
-            handle.write(zlib.decompress(data))
-        parts[table] = str(local)
+        path = cache.path(
+            "received", result.spec.resource, f"{_chunk_name(result.spec)}.{table}.csv"
+        )
+        cache.put(path, zlib.decompress(data))
+        parts[table] = [path]
     return result.model_copy(update={"parts": parts, "packed": None})
 
 
-def parts_missing(result: ChunkResult) -> bool:
-    """Whether any part file of ``result`` is gone (a cached result whose files were deleted)."""
-    return not all(Path(p).exists() for p in result.parts.values())
+def _chunk_name(spec: ChunkSpec) -> str:
+    text = "|".join(str(v) for v in spec.model_dump().values())
+    return hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def parts_missing(result: ChunkResult, cache: Store) -> bool:
+    """Whether any file of ``result`` is gone (a cached result whose pages were deleted)."""
+    return not all(cache.exists(p) for paths in result.parts.values() for p in paths)
 
 
 # --------------------------------------------------------------------------- assemble and check
@@ -386,120 +396,46 @@ def _in_order(results: Sequence[ChunkResult]) -> bool:
     return True
 
 
-def assemble_table(
-    table: str, parts: Sequence[str], dest: Path, rows: int, ordered: bool = True
-) -> TableInfo:
-    """Join a table's part files, in order, under one header into ``dest``.
-
-    Args:
-        table: the output table's name (decides the header).
-        parts: part files in page order.
-        dest: the (temporary) file to write.
-        rows: records in the parts, as counted by :func:`extract_chunk`.
-        ordered: whether ids were strictly increasing across the parts.
-
-    When the ids were not strictly increasing (``ordered`` is False) the table is read back,
-    sorted by id and de-duplicated (first occurrence wins) so it still has one row per record.
-    """
-    header = table_header(table)
-    with dest.open("wb") as out:
-        if ordered:
-            sha, size = concat_files(header, [Path(p) for p in parts], out)
-        else:
-            sha, size, rows = _sorted_table(table, header, parts, out)
-        fsync_file(out)
-    return TableInfo(rows=rows, bytes=size, sha256=sha)
-
-
-def _sorted_table(
-    table: str, header: bytes, parts: Sequence[str], out: IO[bytes]
-) -> tuple[str, int, int]:
-    import pandas as pd  # only here and in build_activity: workers never need it
-
-    from placeholder_etl.core.transform import to_csv_rows
-
-    id_column = "ID" if table == "users" else "id"
-    names = header.decode().rstrip("\n").split(",")
-    frames = [
-        pd.read_csv(p, header=None, names=names, dtype=str, keep_default_na=False)
-        for p in parts
-        if Path(p).stat().st_size
-    ]
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=names)
-    frame = frame.assign(_id=frame[id_column].astype("int64"))
-    frame = frame.drop_duplicates("_id").sort_values("_id", kind="stable").drop(columns="_id")
-    body = to_csv_rows(frame)
-    digest = hashlib.sha256(header + body)
-    out.write(header + body)
-    return digest.hexdigest(), len(header) + len(body), len(frame)
-
-
-def build_activity(flat_tables: Mapping[str, Path], dest: Path) -> TableInfo:
-    """Write the per-user activity summary from the flattened tables' files.
-
-    Args:
-        flat_tables: paths of ``users_flat``, ``posts``, ``comments``, ``todos``, ``albums``
-            and ``photos`` (only the id columns, the user's name and ``completed`` are read).
-        dest: where to write the CSV.
-    """
-    import pandas as pd
-
-    from placeholder_etl.core.transform import summarize_activity
-
-    usecols = {
-        "users_flat": ["id", "name"],
-        "posts": ["user_id", "id"],
-        "comments": ["post_id", "id"],
-        "todos": ["user_id", "id", "completed"],
-        "albums": ["user_id", "id"],
-        "photos": ["album_id", "id"],
-    }
-    frames = {t: pd.read_csv(flat_tables[t], usecols=cols) for t, cols in usecols.items()}
-    summary = summarize_activity(
-        frames["users_flat"],
-        frames["posts"],
-        frames["comments"],
-        frames["todos"],
-        frames["albums"],
-        frames["photos"],
-    )
-    if summary.empty:
-        raise PermanentError("user activity: no users to summarise")
-    body = summary.to_csv(index=False).encode()
-    with dest.open("wb") as out:
-        out.write(body)
-        fsync_file(out)
-    return TableInfo(rows=len(summary), bytes=len(body), sha256=hashlib.sha256(body).hexdigest())
-
-
 def assemble_tables(
-    resources: Sequence[str], results: Sequence[ChunkResult], staging: Staging
+    resources: Sequence[str],
+    results: Sequence[ChunkResult],
+    cache: Store,
+    staging: Staging | ObjectStaging,
+    fmt: Format = "csv",
 ) -> dict[str, TableInfo]:
-    """Join every table's part files into staged files; add the activity summary when every
-    resource is there.
+    """Write every table from its page files into ``staging``; add the activity summary when
+    every resource is there.
 
     Args:
         resources: the resources of the run, in table order.
         results: every chunk's result, in plan order (page order within a resource).
+        cache: where the page files are.
         staging: where the tables are staged until the commit.
+        fmt: ``csv`` or ``parquet``.
 
     A resource whose ids were not strictly increasing (duplicates across pages, unordered
-    pages) is sorted and de-duplicated (see :func:`assemble_table`).
+    pages) is sorted and de-duplicated (see :func:`~placeholder_etl.core.tables.write_table`).
     """
+    suffix = SUFFIX[fmt]
     tables: dict[str, TableInfo] = {}
-    staged: dict[str, Path] = {}
     for resource in resources:
         mine = [r for r in results if r.spec.resource == resource]
         ordered = _in_order(mine)
         rows = sum(r.rows for r in mine)
         for table in TABLES[resource]:
-            staged[table] = staging.temp_path(table)
-            parts = [r.parts[table] for r in mine]
-            tables[table] = assemble_table(table, parts, staged[table], rows, ordered)
+            parts = [path for r in mine for path in r.parts[table]]
+            with staging.open_table(table, suffix) as out:
+                tables[table] = write_table(table, cache, parts, out, rows, fmt, ordered)
     if set(resources) == set(RESOURCE_NAMES):
-        flat = {t: staged[t] for t in ("users_flat", *RESOURCE_NAMES[1:])}
-        tables[ACTIVITY_TABLE] = build_activity(flat, staging.temp_path(ACTIVITY_TABLE))
+        flat = {t: staging.staged_path(t) for t in ("users_flat", *RESOURCE_NAMES[1:])}
+        staged = _staged_store(staging)
+        with staging.open_table(ACTIVITY_TABLE, suffix) as out:
+            tables[ACTIVITY_TABLE] = build_activity(staged, flat, out, fmt)
     return tables
+
+
+def _staged_store(staging: Staging | ObjectStaging) -> Store:
+    return staging.store
 
 
 def unordered_resources(results: Sequence[ChunkResult]) -> list[str]:
@@ -538,22 +474,31 @@ def build_manifest(
     started: datetime,
     timings: Timings,
     flow_run_id: str | None = None,
+    fmt: Format = "csv",
 ) -> Manifest:
     """The run's manifest before its commit (:meth:`Manifest.stamped` names the files).
 
-    A chunk counts as cached when another flow run fetched it (``flow_run_id`` differs).
+    A chunk counts as cached when another flow run fetched it (``flow_run_id`` differs): all
+    its pages count as reused.
     """
+
+    def cached(result: ChunkResult) -> bool:
+        return result.flow_run_id is not None and result.flow_run_id != flow_run_id
+
+    pages_total = sum(r.pages for r in results)
+    reused = sum(r.pages if cached(r) else r.pages_reused for r in results)
     return Manifest(
         started=started.astimezone(UTC).isoformat(timespec="seconds"),
         source=redact_url(api_url),
         resources=list(resources),
         flow_run_id=flow_run_id,
+        format=fmt,
         tables=dict(tables),
         chunks=len(results),
-        cached_chunks=sum(
-            r.flow_run_id is not None and r.flow_run_id != flow_run_id for r in results
-        ),
-        pages=sum(r.pages for r in results),
+        cached_chunks=sum(map(cached, results)),
+        pages=pages_total,
+        pages_fetched=pages_total - reused,
+        pages_reused=reused,
         retries=sum(r.retries for r in results),
         workers=sorted({r.worker for r in results}),
         contract=ContractSummary(
@@ -565,7 +510,7 @@ def build_manifest(
     )
 
 
-def commit(staging: Staging, manifest: Manifest, started: float) -> Manifest:
+def commit(staging: Staging | ObjectStaging, manifest: Manifest, started: float) -> Manifest:
     """Rename the staged tables into place with the manifest written last; return it stamped.
 
     Args:

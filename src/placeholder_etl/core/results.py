@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -40,8 +39,8 @@ class _Frozen(BaseModel):
 class ChunkSpec(_Frozen):
     """A run of consecutive pages of one resource, fetched by one task.
 
-    ``last_page`` is None when the server sent no ``X-Total-Count``: then pages are fetched
-    until one comes back short.
+    ``total`` is the resource's ``X-Total-Count`` when the run was planned; ``last_page`` is
+    None when the server sent none: then pages are fetched until one comes back short.
     """
 
     api_url: str
@@ -50,12 +49,7 @@ class ChunkSpec(_Frozen):
     last_page: int | None = Field(default=None, ge=1)
     page_size: int = Field(ge=1)
     paging: Paging = "page"
-
-    @property
-    def key(self) -> str:
-        """A stable name for this chunk's part files."""
-        text = "|".join(str(v) for v in self.model_dump().values())
-        return hashlib.sha256(text.encode()).hexdigest()[:20]
+    total: int | None = Field(default=None, ge=0)
 
     @property
     def label(self) -> str:
@@ -65,10 +59,12 @@ class ChunkSpec(_Frozen):
 
 
 class ChunkResult(_Frozen):
-    """What one chunk task made: a part file per table, and counts.
+    """What one chunk task made: its pages' files per table, and counts.
 
     Attributes:
-        parts: table name -> part file (rows without a header, in page order).
+        parts: table name -> files holding its rows (no header), in page order: the page
+            checkpoints, or one file per table when they were shipped from another machine.
+        pages_reused: pages whose checkpoint an earlier attempt or run had made.
         first_id, last_id: ids of the first and last record (None: no records).
         ordered: ids were strictly increasing through the chunk.
         retries: request retries the chunk needed.
@@ -80,8 +76,9 @@ class ChunkResult(_Frozen):
 
     spec: ChunkSpec
     pages: int
+    pages_reused: int = 0
     rows: int
-    parts: dict[str, str]
+    parts: dict[str, list[str]]
     first_id: int | None
     last_id: int | None
     ordered: bool
@@ -125,8 +122,10 @@ class Manifest(_Frozen):
         started: when the run started (UTC, ISO 8601).
         source: the API root, secrets redacted.
         tables: table name -> :class:`TableInfo`, in the order they were written.
+        format: the tables' file format (``csv`` or ``parquet``).
         chunks: tasks the pages were split into; ``cached_chunks`` of them came from cache.
-        pages: pages read; ``retries``: request retries over all of them.
+        pages: pages in the tables: ``pages_fetched`` fetched by this run, ``pages_reused``
+            from checkpoints an earlier attempt or run made; ``retries``: request retries.
         workers: where the tasks ran.
     """
 
@@ -136,10 +135,13 @@ class Manifest(_Frozen):
     source: str
     resources: list[str]
     flow_run_id: str | None
+    format: Literal["csv", "parquet"] = "csv"
     tables: dict[str, TableInfo]
     chunks: int
     cached_chunks: int
     pages: int
+    pages_fetched: int
+    pages_reused: int
     retries: int
     workers: list[str]
     contract: ContractSummary
@@ -148,7 +150,7 @@ class Manifest(_Frozen):
     def stamped(self, stamp: str, total_s: float | None = None) -> Manifest:
         """This manifest as committed with ``stamp``: file names filled in."""
         tables = {
-            name: info.model_copy(update={"file": f"{name}_{stamp}.csv"})
+            name: info.model_copy(update={"file": f"{name}_{stamp}.{self.format}"})
             for name, info in self.tables.items()
         }
         timings = self.timings
@@ -162,12 +164,20 @@ class Manifest(_Frozen):
 
     @classmethod
     def read(cls, path: str | Path) -> Manifest:
-        """Load a manifest file (raises ``pydantic.ValidationError`` on another schema)."""
+        """Load a manifest file or URL (raises ``pydantic.ValidationError`` on another schema)."""
+        if "://" in str(path):
+            import fsspec
+
+            with fsspec.open(str(path), "rb") as handle:
+                return cls.model_validate_json(handle.read())
         return cls.model_validate_json(Path(path).read_bytes())
 
 
 class RunResult(_Frozen):
-    """What a run returns: its manifest, where it is, and the report if one was asked for."""
+    """What a run returns: its manifest, where it is, and the report if one was asked for.
+
+    ``output_dir`` and ``manifest_file`` are local paths, or URLs on an object store.
+    """
 
     manifest: Manifest
     output_dir: str

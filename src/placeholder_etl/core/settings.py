@@ -49,7 +49,7 @@ DEFAULT_RESOURCES = "users"
 Paging = Literal["page", "start"]
 Runner = Literal["dask", "local"]
 ClusterKind = Literal["local", "saturn"]
-OutputFormat = Literal["csv"]
+OutputFormat = Literal["csv", "parquet"]
 
 
 def _resource_names(value: str | list[str]) -> str | list[str]:
@@ -102,8 +102,9 @@ class FetchSettings(_Group):
     cache: bool = Field(True, description="Reuse pages fetched within --cache-hours.")
     cache_dir: str | None = Field(
         None,
-        description="Where fetched pages are kept "
-        "(default: $PLACEHOLDER_ETL_CACHE_DIR, else ~/.cache/placeholder-etl).",
+        description="Where fetched pages are kept: a folder or a URL such as s3://bucket/cache "
+        "(default: $PLACEHOLDER_ETL_CACHE_DIR, else ~/.cache/placeholder-etl; for an "
+        "object-store output, its _placeholder_etl/cache).",
     )
     cache_hours: float = Field(1.0, ge=0, le=24 * 365, description="Page cache lifetime.")
 
@@ -114,15 +115,23 @@ class FetchSettings(_Group):
             timeout=self.request_timeout, retries=self.request_retries, pool_size=self.in_flight
         )
 
-    def cache_path(self) -> Path:
-        """The cache folder: ``cache_dir``, else :func:`default_cache_dir`."""
-        return Path(self.cache_dir).expanduser() if self.cache_dir else default_cache_dir()
+    def cache_url(self, output_dir: str = "") -> str:
+        """The page cache: ``cache_dir``; else, for an object-store ``output_dir``, a folder
+        beside the output (so remote workers write their pages straight to the store); else
+        :func:`default_cache_dir`."""
+        if self.cache_dir:
+            return self.cache_dir
+        if "://" in output_dir and not output_dir.startswith("file://"):
+            return output_dir.rstrip("/") + "/_placeholder_etl/cache"
+        return str(default_cache_dir())
 
 
 class OutputSettings(_Group):
     """What is written, besides where (``output_dir``)."""
 
-    format: OutputFormat = Field("csv", description="File format of the tables.")
+    format: OutputFormat = Field(
+        "csv", description="File format of the tables: csv, or parquet (typed columns)."
+    )
     keep_formulas: bool = Field(
         False, description="Keep text starting with = + - @ as is (default: prefix it with ')."
     )
@@ -185,7 +194,11 @@ class RunSettings(_Group):
     """A whole run: the flow's parameters as one model (the CLI and notebooks build this)."""
 
     api_url: str = Field(DEFAULT_API_URL, description="Root of a json-server-style API.")
-    output_dir: str = Field(DEFAULT_OUTPUT_DIR, description="Where the tables and manifest go.")
+    output_dir: str = Field(
+        DEFAULT_OUTPUT_DIR,
+        description="Where the tables and manifest go: a folder or an fsspec URL "
+        "(s3://bucket/prefix, gs://, az://, file://).",
+    )
     resources: ResourceNames = Field(
         DEFAULT_RESOURCES, description="'users', a comma list such as 'users,posts', or 'all'."
     )

@@ -9,32 +9,31 @@ files, and a killed run's leftovers are removed by the next run (:func:`remove_s
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import itertools
 import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Self
 
+from placeholder_etl.core.store import Store
+
 __all__ = [
-    "TEMP_SUFFIX",
+    "ObjectStaging",
     "Staging",
     "atomic_write",
-    "concat_files",
-    "fsync_file",
     "make_tag",
+    "remove_dead_runs",
     "remove_stale_temps",
 ]
 
 TEMP_SUFFIX = ".tmp"
 LOCK_NAME = ".placeholder-etl.lock"
-_COPY_CHUNK = 1 << 20
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -46,39 +45,36 @@ def _fsync_dir(directory: Path) -> None:
 
 
 @contextmanager
-def atomic_write(path: Path, tag: str | None = None) -> Iterator[IO[bytes]]:
+def atomic_write(
+    path: Path, tag: str | None = None, exclusive: bool = False, sync: bool = True
+) -> Iterator[IO[bytes]]:
     """Write ``path`` atomically: a temp file in the same directory, fsync, rename.
 
-    If the block raises, the temp file is removed and ``path`` is left as it was.
+    If the block raises, the temp file is removed and ``path`` is left as it was. With
+    ``exclusive`` the file is linked into place instead, which fails if ``path`` exists.
+    ``sync=False`` skips the fsyncs: the rename still makes the file whole or absent for any
+    reader and through a killed process, though not through a power cut.
+
+    Raises:
+        FileExistsError: ``exclusive`` and ``path`` exists.
     """
     tmp = path.with_name(f".{path.name}.{tag or make_tag()}{TEMP_SUFFIX}")
     try:
         with tmp.open("wb") as handle:
             yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        tmp.replace(path)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        if exclusive:
+            os.link(tmp, path)
+            tmp.unlink()
+        else:
+            tmp.replace(path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def concat_files(header: bytes, parts: Iterable[Path], out: IO[bytes]) -> tuple[str, int]:
-    """Write ``header`` then every part file to ``out``; return (sha256, bytes written).
-
-    Files are copied in 1 MiB blocks: memory stays flat however big the table.
-    """
-    digest = hashlib.sha256(header)
-    out.write(header)
-    size = len(header)
-    for part in parts:
-        with part.open("rb") as handle:
-            while block := handle.read(_COPY_CHUNK):
-                digest.update(block)
-                out.write(block)
-                size += len(block)
-    return digest.hexdigest(), size
+    if sync:
+        _fsync_dir(path.parent)
 
 
 def make_tag() -> str:
@@ -133,6 +129,22 @@ class Staging:
         tmp = self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}"
         self.staged[key] = (suffix, tmp)
         return tmp
+
+    @contextmanager
+    def open_table(self, key: str, suffix: str = ".csv") -> Iterator[IO[bytes]]:
+        """Write the staged file of ``key`` (fsynced when the block ends)."""
+        with self.temp_path(key, suffix).open("wb") as handle:
+            yield handle
+            fsync_file(handle)
+
+    def staged_path(self, key: str) -> str:
+        """Where the staged file of ``key`` is, to read it back before the commit."""
+        return str(self.staged[key][1])
+
+    @property
+    def store(self) -> Store:
+        """The output folder as a store (to read staged files back)."""
+        return Store.open(str(self.directory))
 
     def commit(self, manifest: Callable[[str], bytes] | None = None) -> str:
         """Pick the stamp, write the manifest, rename every staged file into place.
@@ -223,3 +235,155 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # pragma: no cover - someone else's live process
         return True
     return True
+
+
+#: The folder of an object-store output that holds runs' staging and stamp claims.
+CONTROL = "_placeholder_etl"
+
+
+@dataclass
+class ObjectStaging:
+    """A run's tables on an object store, staged, then published with the manifest last.
+
+    An object store has no rename and no lock, so a run (1) writes its tables under
+    ``_placeholder_etl/staging/<run tag>/``, where nothing is final, (2) claims its stamp by
+    creating ``_placeholder_etl/runs/<stamp>.json`` only if it does not exist (``If-None-Match``:
+    two runs never share a stamp), (3) copies every table to its final name
+    ``<table>_<stamp>.<ext>`` (a server-side copy), (4) writes ``manifest_<stamp>.json`` last,
+    also only if absent: the manifest is the commit marker, and (5) removes its staging and
+    its claim. A reader trusts a stamp only once its manifest exists: before that, final names
+    of the stamp may exist (during step 3), but no manifest names them. A run that fails
+    removes its staging (and any final names it had copied); a killed run's staging and
+    claim are removed by the next run (:func:`remove_dead_runs`).
+
+    Args:
+        store: the output folder.
+        run_tag: this run's tag (:func:`make_tag`).
+    """
+
+    store: Store
+    run_tag: str = field(default_factory=make_tag)
+    staged: dict[str, str] = field(default_factory=dict)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def _staging_folder(self) -> str:
+        return self.store.path(CONTROL, "staging", self.run_tag)
+
+    @contextmanager
+    def open_table(self, key: str, suffix: str = ".csv") -> Iterator[IO[bytes]]:
+        """Write the staged object of ``key`` (it appears only if the block ends well)."""
+        if not key.replace("_", "").isalnum():
+            raise ValueError(f"output name {key!r} must be letters, digits and underscores")
+        path = f"{self._staging_folder()}/{key}{suffix}"
+        self.staged[key] = path
+        with self.store.open_write(path) as handle:
+            yield handle
+
+    def staged_path(self, key: str) -> str:
+        return self.staged[key]
+
+    def commit(self, manifest: Callable[[str], bytes] | None = None) -> str:
+        """Claim a stamp, publish every staged table, write the manifest last.
+
+        Returns:
+            The stamp of the committed files.
+        """
+        claim, stamp = self._claim()
+        published: list[str] = []
+        try:
+            for key, path in self.staged.items():
+                suffix = path[path.rindex(".") :]
+                final = self.store.path(f"{key}_{stamp}{suffix}")
+                self.store.copy(path, final)
+                published.append(final)
+            if manifest is not None:
+                final = self.store.path(f"manifest_{stamp}.json")
+                self.store.put(final, manifest(stamp), exclusive=True)
+        except BaseException:
+            for final in published:  # nothing of a failed commit stays under a final name
+                self.store.remove(final)
+            self.store.remove(claim)
+            raise
+        self.abort()
+        self.store.remove(claim)
+        return stamp
+
+    def _claim(self) -> tuple[str, str]:
+        body = f'{{"run": "{self.run_tag}"}}\n'.encode()
+        base = stamp = utc_stamp()
+        for n in itertools.count(2):
+            claim = self.store.path(CONTROL, "runs", f"{stamp}.json")
+            taken = self.store.exists(self.store.path(f"manifest_{stamp}.json"))
+            if not taken:
+                try:
+                    self.store.put(claim, body, exclusive=True)
+                    return claim, stamp
+                except FileExistsError:
+                    pass
+            stamp = f"{base}-{n}"
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def abort(self) -> None:
+        """Remove this run's staged objects; final names are left as they were."""
+        self.store.remove(self._staging_folder(), recursive=True)
+        self.staged.clear()
+
+
+def remove_dead_runs(store: Store, older_than: float = 86_400.0) -> list[str]:
+    """Remove what killed runs left in an object-store output: staging and stamp claims.
+
+    A run is dead when its tag (:func:`make_tag`) names this host and a process that is gone,
+    or, when that cannot be told, when its files are older than ``older_than`` seconds. For a
+    dead run's unfinished claim, the final names of that stamp (a kill during the publish) are
+    removed too: no manifest names them.
+
+    Returns:
+        What was removed, as URLs.
+    """
+    removed = []
+    staging = store.path(CONTROL, "staging")
+    for tag in store.folders(staging):
+        listing = store.listing(f"{staging}/{tag}")
+        newest = max((info["mtime"] for info in listing.values()), default=0.0)
+        if _dead(tag, newest, older_than):
+            store.remove(f"{staging}/{tag}", recursive=True)
+            removed.append(store.url_of(f"{staging}/{tag}"))
+    runs = store.path(CONTROL, "runs")
+    finals = store.listing(store.root)
+    for name, info in store.listing(runs).items():
+        stamp = name.removesuffix(".json")
+        tag = _claim_tag(store, f"{runs}/{name}")
+        if f"manifest_{stamp}.json" in finals or not _dead(tag, info["mtime"], older_than):
+            continue
+        for final in finals:
+            if final.rsplit(".", 1)[0].endswith(f"_{stamp}"):
+                store.remove(store.path(final))
+                removed.append(store.url_of(store.path(final)))
+        store.remove(f"{runs}/{name}")
+        removed.append(store.url_of(f"{runs}/{name}"))
+    return removed
+
+
+def _claim_tag(store: Store, path: str) -> str:
+    import json
+
+    try:
+        return str(json.loads(store.cat(path)).get("run", ""))
+    except (FileNotFoundError, ValueError):
+        return ""
+
+
+def _dead(tag: str, mtime: float, older_than: float) -> bool:
+    """Whether the run tagged ``tag`` is gone (see :func:`remove_stale_temps`)."""
+    host = socket.gethostname().replace(".", "_").replace("-", "_")
+    tag_host, _, rest = tag.partition("-")
+    pid = rest.partition("-")[0]
+    if tag_host == host and pid.isdigit():
+        return not _alive(int(pid))
+    return time.time() - mtime >= older_than

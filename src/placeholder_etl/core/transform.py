@@ -23,7 +23,6 @@ __all__ = [
     "flatten_records",
     "neutralise_formulas",
     "summarize_activity",
-    "to_csv_rows",
     "transform_users",
 ]
 
@@ -139,11 +138,6 @@ def neutralise_formulas(frame: pd.DataFrame) -> pd.DataFrame:
         if risky.any():
             out[column] = values.where(~risky, "'" + values)
     return out
-
-
-def to_csv_rows(frame: pd.DataFrame) -> bytes:
-    """``frame`` as CSV rows without a header, exactly as ``DataFrame.to_csv`` writes them."""
-    return frame.to_csv(index=False, header=False).encode()
 
 
 def _to_float(frame: pd.DataFrame, column: str, resource: str) -> pd.Series:

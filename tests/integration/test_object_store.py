@@ -1,0 +1,174 @@
+"""Output straight to object storage, on a real S3-compatible server (SeaweedFS `weed mini`)
+started on 127.0.0.1 for this module, talked to the standard way (AWS_* variables)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from placeholder_api.server import make_server
+from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.results import Manifest
+from placeholder_etl.core.store import StoreError
+from tests.helpers import kill_group, run_cli, run_flow, seed_transform
+from tests.s3server import weed_server
+
+pytestmark = pytest.mark.usefixtures("prefect_api_url")
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator:
+    """SeaweedFS on free loopback ports; its AWS_* variables exported for the module (the
+    flow, Dask workers and CLI subprocesses find the store the standard way)."""
+    with weed_server() as server:
+        saved = {name: os.environ.get(name) for name in server.env}
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    """A fresh, empty bucket."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=name)
+    return name
+
+
+def objects(s3, bucket: str) -> dict[str, str]:
+    """Every key in ``bucket`` with its ETag."""
+    pages = s3.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return {item["Key"]: item["ETag"] for page in pages for item in page.get("Contents", [])}
+
+
+def read(s3, bucket: str, key: str) -> bytes:
+    return s3.client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def test_a_whole_run_to_s3_writes_every_table_and_the_manifest(s3, bucket, tmp_path) -> None:
+    with make_server(users=12, seed=4) as server:
+        result = run_flow(server.url, f"s3://{bucket}/run", "", resources="all")
+        expected = seed_transform(requests.get(f"{server.url}/users", timeout=10).json())
+    manifest = result.manifest
+    keys = objects(s3, bucket)
+    finals = sorted(k.removeprefix("run/") for k in keys if "/_placeholder_etl/" not in k)
+    written = [info.file for info in manifest.tables.values()]
+    assert finals == sorted([*written, f"manifest_{manifest.created}.json"])
+    assert len(manifest.tables) == 8  # six resources, users twice, and the activity summary
+    assert read(s3, bucket, f"run/{manifest.tables['users'].file}").decode() == expected
+    assert result.manifest_file == f"s3://{bucket}/run/manifest_{manifest.created}.json"
+    assert Manifest.read(result.manifest_file) == manifest
+    assert not [k for k in keys if "/staging/" in k or "/runs/" in k]  # staging and claim gone
+    assert [k for k in keys if "/_placeholder_etl/cache/pages/" in k]  # pages on the store
+
+
+def test_a_failed_run_leaves_every_key_and_etag_as_it_was(s3, bucket) -> None:
+    with make_server(users=30) as server:
+        run_flow(server.url, f"s3://{bucket}/run", "")
+        before = objects(s3, bucket)
+        server.set_fault("malformed", resource="users", page=2)
+        with pytest.raises(PermanentError, match="response is not JSON"):
+            run_flow(server.url, f"s3://{bucket}/run", "", cache=False)
+    assert objects(s3, bucket) == before
+
+
+def test_a_failed_commit_removes_what_it_published(s3, bucket, tmp_path) -> None:
+    """The manifest goes last: if it cannot be written, the tables it would name go too."""
+    from placeholder_etl.core.staging import ObjectStaging
+    from placeholder_etl.core.store import Store
+
+    def failing_manifest(stamp: str) -> bytes:
+        raise RuntimeError("manifest failed")
+
+    with pytest.raises(RuntimeError, match="manifest failed"):  # noqa: PT012
+        with ObjectStaging(Store.open(f"s3://{bucket}/run")) as staging:
+            with staging.open_table("users") as out:
+                out.write(b"ID\n1\n")
+            staging.commit(failing_manifest)
+    assert objects(s3, bucket) == {}
+
+
+def test_a_killed_run_leaves_no_final_name_and_the_next_run_cleans_up(s3, bucket, tmp_path):
+    base = [sys.executable, "-m", "placeholder_etl", "run", "--runner", "local"]
+    base += ["--output-dir", f"s3://{bucket}/run", "--cache-dir", f"s3://{bucket}/cache"]
+    base += ["--page-size", "100", "--in-flight", "1"]
+    with make_server(users=20_000, latency=0.1) as server:
+        run = subprocess.Popen(
+            [*base, "--api-url", server.url],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 120
+        while not any(".done." in k for k in objects(s3, bucket)):  # pages are being written
+            assert time.monotonic() < deadline, "the run made no progress"
+            assert run.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.1)
+        kill_group(run)
+        killed = objects(s3, bucket)
+        assert not [k for k in killed if k.startswith("run/") and "/_placeholder_etl/" not in k]
+        served_before = server.stats()["requests"]
+        server.reset_stats()
+        rerun = run_cli(*base[3:], "--api-url", server.url)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+        fetched_again = server.stats()["requests"]
+    assert fetched_again < 1 + 200  # the count and the pages the kill left unfinished
+    assert served_before + fetched_again >= 201
+    (manifest_key,) = [k for k in objects(s3, bucket) if k.startswith("run/manifest_")]
+    manifest = Manifest.model_validate_json(read(s3, bucket, manifest_key))
+    assert manifest.tables["users"].rows == 20_000
+    assert manifest.pages_reused > 0
+    assert not [k for k in objects(s3, bucket) if "/staging/" in k or "/runs/" in k]
+
+
+def test_parquet_has_real_types_for_pyarrow_pandas_and_dask(s3, bucket, tmp_path) -> None:
+    import dask.dataframe as dd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from pyarrow import fs as pafs
+
+    with make_server(users=12, fault="formula") as server:
+        options = {"resources": "users,todos", "format": "parquet"}
+        manifest = run_flow(server.url, f"s3://{bucket}/pq", "", **options).manifest
+    assert manifest.format == "parquet"
+    flat_key = f"{bucket}/pq/{manifest.tables['users_flat'].file}"
+    s3fs_native = pafs.S3FileSystem(endpoint_override=s3.endpoint_url, scheme="http")
+    schema = pq.read_schema(flat_key, filesystem=s3fs_native)
+    assert schema.field("id").type == pa.int64()
+    assert schema.field("address_geo_lat").type == pa.float64()
+    assert schema.field("name").type == pa.string()
+    todos = dd.read_parquet(f"s3://{bucket}/pq/{manifest.tables['todos'].file}").compute()
+    assert str(todos["completed"].dtype) == "bool"
+    assert str(todos["user_id"].dtype) == "int64"
+    assert len(todos) == manifest.tables["todos"].rows == 240
+    names = dd.read_parquet(f"s3://{bucket}/pq/{manifest.tables['users'].file}").compute()
+    assert {n[0] for n in names["Name"]} == {"=", "+", "-", "@"}  # Parquet keeps text as is
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("gremlin://bucket/run", "fsspec knows no such scheme"),
+        ("gs://bucket/run", "needs gcsfs"),
+    ],
+)
+def test_an_unusable_url_is_a_clear_error_never_a_local_folder(
+    tmp_path, monkeypatch, url, message
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with make_server(users=3) as server, pytest.raises(StoreError, match=message):
+        run_flow(server.url, url, "")
+    assert list(tmp_path.iterdir()) == []  # no folder named "gremlin:" or "gs:"
