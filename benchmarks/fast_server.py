@@ -68,16 +68,27 @@ import orjson
 
 
 def _data_modules() -> tuple[ModuleType, ModuleType]:
-    """The record generator and the resource table: the one place this file imports them.
+    """The record generator and the resource table.
 
-    ``placeholder_etl.fakedata`` may move to another package (``placeholder_api``); both
-    names are tried.
+    With :func:`bundled_server`, the only imports of the package under test in the benchmarks'
+    servers: ``placeholder_etl.fakedata`` may move to another package (``placeholder_api``),
+    so both names are tried.
     """
     try:
         from placeholder_etl import fakedata, resources
     except ImportError:
         from placeholder_api import fakedata, resources  # type: ignore[no-redef]
     return fakedata, resources
+
+
+def bundled_server(**kwargs: Any) -> contextlib.AbstractContextManager[str]:
+    """The package's own ``bundled_server(users=..., latency=...)`` (a context manager
+    yielding its URL), wherever the restructure puts it."""
+    try:
+        from placeholder_etl.server import bundled_server as start
+    except ImportError:
+        from placeholder_api.server import bundled_server as start  # type: ignore[no-redef]
+    return start(**kwargs)
 
 
 FORMAT_VERSION = 1  # bump when the cache layout changes
