@@ -1307,6 +1307,7 @@ def write_markdown(
         *(f"- {k}: {v}" for k, v in machine().items()),
         f"- dlt: {meta.get('dlt', '-')}",
         f"- load average (1, 5, 15 min) before / after: {meta['load_before']} / {meta['load_after']}",
+        f"- other processes on the machine during the runs: {meta.get('noise', '-')}",
         f"- bytecode cache: {meta['pyc']}",
         f"- API server: {meta.get('api', '-')}",
         f"- Prefect server for the flow runs: {meta['server']}",
@@ -1427,6 +1428,19 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def noise(runs: list[Run]) -> str:
+    """How busy the rest of the machine was while the runs ran (``other CPU s`` / wall)."""
+    wall = sum(r.wall_s for r in runs)
+    if not wall:
+        return "-"
+    cores = sum(r.other_cpu_s for r in runs) / wall
+    verdict = "quiet" if cores < 0.1 else "NOISY: timings of CPU-bound cells are inflated"
+    return (
+        f"{cores:.2f} cores busy on average (CPU time not of the program, the API server or "
+        f"the Prefect server, per second of the runs; {verdict})"
+    )
 
 
 def ensure_dlt_venv(timeout: float = 900) -> Path:
@@ -1580,6 +1594,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta["load_after"] = _load()
+    meta["noise"] = noise(runs)
     print()
     if cells:
         print(text_table(SUMMARY_HEADER, summary_rows(cells)))
@@ -1590,6 +1605,7 @@ def main(argv: list[str] | None = None) -> int:
         for line in growth_lines(cells):
             print(line)
         print()
+        print(f"other processes on the machine: {meta['noise']}")
         print("where the flow's time goes (medians, s):")
         print(text_table(PHASE_HEADER, phase_rows(cells)))
         print()
