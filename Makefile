@@ -79,7 +79,7 @@ serve: $(STAMP) ## Run flow.serve with the daily schedule in this process (needs
 automation: $(STAMP) ## Install the server-side failure notification (PLACEHOLDER_ETL_NOTIFY_WEBHOOK)
 	$(BIN)/placeholder-etl setup-alerts
 
-bench: $(STAMP) ## Benchmark the flow against the plain script (writes benchmarks/RESULTS.md)
+bench: $(STAMP) ## Benchmark the flow against the plain script and dlt (writes benchmarks/RESULTS.md)
 	$(BIN)/python benchmarks/bench.py
 
 bench-quick: $(STAMP) ## A quick benchmark (10 and 10,000 users, one run)

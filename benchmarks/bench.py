@@ -1,11 +1,15 @@
-"""Benchmark the Prefect flow against the plain script, side by side, in one process.
+"""Benchmark the Prefect flow against the plain script and dlt, side by side, in one process.
 
-For each (users, latency) cell the harness starts the bundled API server, then runs the plain
-script (``benchmarks/plain.py``) and the flow (``placeholder-etl run``, default settings: Dask
-runner, against a Prefect server the harness started once) as subprocesses, alternating which
-goes first. Each run is timed (wall clock) and its process tree polled every ~50 ms for RSS:
-the peak of the largest single process and the peak of the sum. Both users CSVs must have N
-data rows and be byte-identical. See ``benchmarks/README.md``.
+For each (users, latency) cell the harness starts an API server (by default the fast,
+pre-encoded one in ``benchmarks/fast_server.py``; ``--server bundled`` for the package's own),
+then runs the plain script (``benchmarks/plain.py``), the flow (``placeholder-etl run``,
+default settings and a fresh, empty ``--cache-dir``: a cold cache, against a Prefect server the
+harness started once) and dlt's ``rest_api`` source (``benchmarks/dlt_run.py``, in
+``benchmarks/.venv-dlt``, created on demand) as subprocesses, rotating which goes first. Each
+run is timed (wall clock), its process tree's CPU time taken and its RSS polled every ~50 ms:
+the peak of the largest single process and the peak of the sum. The plain and flow users CSVs
+must have N data rows and be byte-identical; dlt's must have N rows with ids 1..N. See
+``benchmarks/README.md``.
 
 Usage::
 
@@ -22,6 +26,7 @@ import csv
 import hashlib
 import itertools
 import json
+import math
 import os
 import platform
 import re
@@ -35,29 +40,31 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
 from typing import Any
 
+import fast_server
 import psutil
 import requests
+import throughput
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PLAIN = HERE / "plain.py"
+DLT_RUN = HERE / "dlt_run.py"
+DLT_VENV = HERE / ".venv-dlt"
+DLT_REQUIREMENTS = HERE / "requirements-dlt.txt"
 PYTHON = Path(sys.executable)
 MIB = 1024 * 1024
+KINDS = ("plain", "flow", "dlt")
 
-DEFAULT_MATRIX: tuple[tuple[int, float], ...] = (
-    (10, 0.0),
-    (10_000, 0.0),
-    (100_000, 0.0),
-    (1_000_000, 0.0),
-    (10_000, 0.2),
-    (100_000, 0.2),
+SIZES = (10, 10_000, 100_000, 1_000_000)
+DEFAULT_MATRIX: tuple[tuple[int, float], ...] = tuple(
+    (users, latency) for latency in (0.0, 0.2) for users in SIZES
 )
 QUICK_SIZES = (10, 10_000)
 GROWTH_SIZES = (10_000, 100_000, 1_000_000)
@@ -411,7 +418,7 @@ class Run:
 
     users: int
     latency: float
-    kind: str  # "plain" or "flow"
+    kind: str  # "plain", "flow" or "dlt"
     rep: int
     first: bool  # ran first in its repetition
     wall_s: float
@@ -477,15 +484,15 @@ def flow_phases(measured: Measured, out: Path) -> dict[str, float]:
     """
     phases: dict[str, float] = {}
     events = log_events(measured.stderr + "\n" + measured.stdout, measured.started_at)
-    manifests = sorted(out.glob("manifest_*.json"))
-    timings = json.loads(manifests[-1].read_text())["timings"] if manifests else {}
+    manifest = flow_manifest(out)
+    timings = manifest.get("timings", {})
     if "flow_begin" in events:
         phases["before_flow"] = events["flow_begin"]
     if "temp_server" in events and "flow_begin" in events:
         phases["ephemeral_server"] = events["flow_begin"] - events["temp_server"]
     if "cluster_create" in events and "cluster_ready" in events:
         phases["cluster"] = events["cluster_ready"] - events["cluster_create"]
-    if timings:
+    if all(k in timings for k in ("count_s", "extract_s", "load_s", "total_s")):
         phases["count"] = timings["count_s"]
         phases["extract"] = timings["extract_s"] - phases.get("cluster", 0.0)
         phases["load"] = timings["load_s"]
@@ -493,6 +500,44 @@ def flow_phases(measured: Measured, out: Path) -> dict[str, float]:
         if "before_flow" in phases:
             phases["other"] = measured.wall_s - phases["before_flow"] - timings["total_s"]
     return phases
+
+
+def flow_manifest(out: Path) -> dict[str, Any]:
+    """The flow's last ``manifest_*.json`` in ``out`` (``{}`` if none or unreadable).
+
+    The harness reads its ``timings`` (``count_s``, ``extract_s``, ``load_s``, ``total_s``)
+    and ``cached_chunks`` (must be 0: every flow run starts with an empty cache).
+    """
+    manifests = sorted(out.glob("manifest_*.json"))
+    if not manifests:
+        return {}
+    try:
+        return json.loads(manifests[-1].read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def dlt_table(out: Path) -> tuple[int | None, list[str]]:
+    """Rows of dlt's users table (all its CSV files under ``out``) and what is wrong with it.
+
+    The ids must be exactly 1..rows (checked by the caller against N).
+    """
+    files = sorted(out.glob("data/*/users/*.csv"))
+    if not files:
+        return None, ["no users CSV written"]
+    ids: list[int] = []
+    for path in files:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.reader(handle)
+            header = next(reader, [])
+            if "id" not in header:
+                return None, [f"{path.name}: no id column"]
+            column = header.index("id")
+            ids += [int(row[column]) for row in reader]
+    problems = []
+    if sorted(ids) != list(range(1, len(ids) + 1)):
+        problems.append(f"user ids are not 1..{len(ids)} (duplicates or gaps)")
+    return len(ids), problems
 
 
 def users_csv(out: Path) -> Path | None:
@@ -526,7 +571,7 @@ def sha256(path: Path) -> str:
 
 @dataclass
 class Context:
-    """What every run needs: environments, paths, limits."""
+    """What every run needs: environments, paths, limits, the API server, the dlt venv."""
 
     work: Path
     base_env: dict[str, str]
@@ -534,20 +579,53 @@ class Context:
     timeout: float
     interval: float
     prefect_pid: int | None = None
+    server: str = "fast"  # "fast" (benchmarks/fast_server.py) or "bundled"
+    kinds: tuple[str, ...] = KINDS
+    dlt_python: Path | None = None
+    dlt_limit: float = 600.0  # skip a dlt run expected to take longer (seconds)
+    fast_cache: Path | None = None
+
+
+@contextlib.contextmanager
+def api_server(ctx: Context, users: int, latency: float) -> Iterator[tuple[str, int | None]]:
+    """The cell's API server, in its own process: ``(url, pid)``.
+
+    The fast server builds (or loads from its cache) every record before it yields, so
+    that is never timed.
+    """
+    if ctx.server == "fast":
+        with fast_server.running(
+            users, latency=latency, python=str(PYTHON), cache_dir=ctx.fast_cache, env=ctx.base_env
+        ) as (url, pid):
+            yield url, pid
+    else:
+        with fast_server.bundled_server(users=users, latency=latency) as url:
+            yield url, _api_server_pid(url)
+
+
+def command(ctx: Context, kind: str, api_url: str, out: Path) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of one run of ``kind`` writing under ``out``."""
+    if kind == "plain":
+        cmd = [str(PYTHON), str(PLAIN), "--api-url", api_url, "--output-dir", str(out / "o")]
+        return cmd, ctx.base_env
+    if kind == "flow":  # default settings; a fresh, empty cache dir: a cold cache
+        cmd = [tool("placeholder-etl"), "run", "--api-url", api_url, "--output-dir"]
+        cmd += [str(out / "o"), "--cache-dir", str(out / "cache")]
+        return cmd, ctx.flow_env
+    if kind == "dlt":  # a fresh pipelines dir under out/o: nothing kept from another run
+        if ctx.dlt_python is None:
+            raise RuntimeError("no dlt environment (run without --no-dlt)")
+        cmd = [str(ctx.dlt_python), str(DLT_RUN), "--api-url", api_url, "--output-dir"]
+        return [*cmd, str(out / "o")], ctx.base_env
+    raise ValueError(f"unknown kind {kind!r}")
 
 
 def run_one(
     ctx: Context, kind: str, api_url: str, api_pid: int | None, users: int, latency: float
 ) -> tuple[Measured, Run, Path]:
-    """Run the plain script or the flow once against ``api_url``; check its users CSV."""
+    """Run the plain script, the flow or dlt once against ``api_url``; check its output."""
     out = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.work))
-    if kind == "plain":
-        cmd = [str(PYTHON), str(PLAIN), "--api-url", api_url, "--output-dir", str(out / "o")]
-        env = ctx.base_env
-    else:
-        cmd = [tool("placeholder-etl"), "run", "--api-url", api_url, "--output-dir"]
-        cmd += [str(out / "o"), "--no-cache", "--cache-dir", str(out / "cache")]
-        env = ctx.flow_env
+    cmd, env = command(ctx, kind, api_url, out)
     requests_before = _api_requests(api_url)
     api_cpu_before = _proc_cpu(api_pid)
     prefect_cpu_before = _proc_cpu(ctx.prefect_pid)
@@ -560,15 +638,19 @@ def run_one(
         problems.append(f"exit {measured.returncode}: {tail[-300:]}")
     if measured.leftovers:
         problems.append(f"{measured.leftovers} process(es) left running after exit")
-    path = users_csv(out / "o")
     rows = digest = None
-    if path is None:
+    if kind == "dlt":
+        rows, found = dlt_table(out / "o")
+        problems += found
+    elif (path := users_csv(out / "o")) is None:
         problems.append("no users CSV written")
     else:
         rows = csv_rows(path)
         digest = sha256(path)
-        if rows != users:
-            problems.append(f"{rows} data rows, expected {users}")
+    if rows is not None and rows != users:
+        problems.append(f"{rows} data rows, expected {users}")
+    if kind == "flow" and (cached := flow_manifest(out / "o").get("cached_chunks", 0)):
+        problems.append(f"{cached} chunk(s) came from a cache: not a cold run")
     run = Run(
         users=users,
         latency=latency,
@@ -594,16 +676,39 @@ def run_one(
     return measured, run, out
 
 
-def run_cell(ctx: Context, users: int, latency: float, runs: int) -> list[Run]:
-    """Start the API server for one cell and run plain and flow ``runs`` times each."""
-    results: list[Run] = []
-    from placeholder_etl.server import bundled_server
+def dlt_estimate(users: int, latency: float, at_zero: float | None) -> float:
+    """Seconds a dlt run at ``latency`` should take: its 0 ms time plus one latency per page
+    (dlt asks for one page after another)."""
+    pages = -(-users // 1000)
+    return (at_zero or 0.0) + pages * latency
 
-    with bundled_server(users=users, latency=latency) as api_url:
-        api_pid = _api_server_pid(api_url)
+
+def run_cell(
+    ctx: Context, users: int, latency: float, runs: int, dlt_at_zero: float | None = None
+) -> tuple[list[Run], str]:
+    """Start the API server for one cell and run every kind ``runs`` times, rotating the order.
+
+    Args:
+        dlt_at_zero: dlt's median time for ``users`` at 0 ms, if measured: dlt is skipped in
+            this cell when it would take longer than ``ctx.dlt_limit``.
+
+    Returns:
+        The runs, and a note on what was skipped ("" when nothing was).
+    """
+    results: list[Run] = []
+    kinds = list(ctx.kinds)
+    note = ""
+    if "dlt" in kinds and latency > 0:
+        estimate = dlt_estimate(users, latency, dlt_at_zero)
+        if estimate > ctx.dlt_limit:
+            kinds.remove("dlt")
+            note = f"dlt skipped: about {estimate:.0f} s > {ctx.dlt_limit:.0f} s per run"
+            print(f"  {note}", flush=True)
+    with api_server(ctx, users, latency) as (api_url, api_pid):
         reference: str | None = None
         for rep in range(runs):
-            order = ("plain", "flow") if rep % 2 == 0 else ("flow", "plain")
+            shift = rep % len(kinds)
+            order = kinds[shift:] + kinds[:shift]
             for position, kind in enumerate(order):
                 _, run, out = run_one(ctx, kind, api_url, api_pid, users, latency)
                 shutil.rmtree(out, ignore_errors=True)
@@ -619,7 +724,7 @@ def run_cell(ctx: Context, users: int, latency: float, runs: int) -> list[Run]:
                         run.ok = False
                 results.append(run)
                 _print_run(run)
-    return results
+    return results, note
 
 
 def _print_run(run: Run) -> None:
@@ -792,52 +897,54 @@ def fixed_costs(ctx: Context, runs: int) -> list[FixedCost]:
 
 @dataclass
 class Cell:
-    """The summary of one (users, latency) cell."""
+    """The summary of one (users, latency) cell: the runs of each kind."""
 
     users: int
     latency: float
-    plain: list[Run]
-    flow: list[Run]
+    runs: dict[str, list[Run]]
+    note: str = ""  # what was skipped, and why
 
-    @staticmethod
-    def _median(runs: list[Run], attr: str) -> float:
-        values = [getattr(r, attr) for r in runs if r.ok]
+    def _ok(self, kind: str) -> list[Run]:
+        return [r for r in self.runs.get(kind, []) if r.ok]
+
+    def seconds(self, kind: str) -> float:
+        """Median wall time of ``kind``'s runs that passed their checks (NaN if none)."""
+        values = [r.wall_s for r in self._ok(kind)]
         return statistics.median(values) if values else float("nan")
+
+    def cpu(self, kind: str) -> float:
+        """Median CPU time (user+system of the process tree) of ``kind``'s good runs."""
+        values = [r.cpu_s for r in self._ok(kind)]
+        return statistics.median(values) if values else float("nan")
+
+    def peak(self, kind: str) -> float:
+        """Largest peak RSS (MiB) of a single process over ``kind``'s runs."""
+        return max((r.peak_mib for r in self.runs.get(kind, [])), default=float("nan"))
+
+    def ratio(self, kind: str, other: str) -> float:
+        """Median time of ``kind`` / median time of ``other``."""
+        below = self.seconds(other)
+        return self.seconds(kind) / below if below > 0 else float("nan")
 
     @property
     def plain_s(self) -> float:
         """Median wall time of the plain script."""
-        return self._median(self.plain, "wall_s")
+        return self.seconds("plain")
 
     @property
     def flow_s(self) -> float:
         """Median wall time of the flow."""
-        return self._median(self.flow, "wall_s")
-
-    @property
-    def ratio(self) -> float:
-        """Flow median / plain median."""
-        return self.flow_s / self.plain_s if self.plain_s > 0 else float("nan")
-
-    @property
-    def plain_peak(self) -> float:
-        """Largest peak RSS (MiB) of a single process over the plain runs."""
-        return max((r.peak_mib for r in self.plain), default=float("nan"))
-
-    @property
-    def flow_peak(self) -> float:
-        """Largest peak RSS (MiB) of a single process over the flow runs."""
-        return max((r.peak_mib for r in self.flow), default=float("nan"))
+        return self.seconds("flow")
 
     @property
     def flow_peak_sum(self) -> float:
         """Largest peak of the summed RSS (MiB) of the flow's process tree."""
-        return max((r.peak_sum_mib for r in self.flow), default=float("nan"))
+        return max((r.peak_sum_mib for r in self.runs.get("flow", [])), default=float("nan"))
 
     @property
     def ok(self) -> bool:
         """Every run passed its checks."""
-        return all(r.ok for r in self.plain + self.flow)
+        return all(r.ok for runs in self.runs.values() for r in runs)
 
     def target(self) -> Target | None:
         """The issue's target for this cell, if it has one."""
@@ -851,13 +958,14 @@ class Cell:
         target = self.target()
         if target is None:
             return "-"
-        if not self.ok:
+        if not all(r.ok for kind in ("plain", "flow") for r in self.runs.get(kind, [])):
             return "FAIL (runs failed their checks)"
         fails = []
-        if not self.ratio <= target.max_ratio:
-            fails.append(f"{self.ratio:.2f}x > {target.max_ratio:g}x")
-        if target.max_peak_mib is not None and not self.flow_peak < target.max_peak_mib:
-            fails.append(f"{self.flow_peak:.0f} MiB ≥ {target.max_peak_mib:g} MiB")
+        ratio = self.ratio("flow", "plain")
+        if not ratio <= target.max_ratio:
+            fails.append(f"{ratio:.2f}x > {target.max_ratio:g}x")
+        if target.max_peak_mib is not None and not self.peak("flow") < target.max_peak_mib:
+            fails.append(f"{self.peak('flow'):.0f} MiB ≥ {target.max_peak_mib:g} MiB")
         return "FAIL (" + "; ".join(fails) + ")" if fails else f"PASS ({target.describe()})"
 
 
@@ -870,20 +978,24 @@ def _ms(latency: float) -> str:
     return f"{latency * 1000:.0f}"
 
 
+def _num(value: float, spec: str, missing: str = "-") -> str:
+    return missing if math.isnan(value) else format(value, spec)
+
+
 def summary_rows(cells: list[Cell]) -> list[list[str]]:
-    """The results table: one row per cell."""
+    """The results table: one row per cell, plain / flow / dlt side by side."""
     rows = []
     for c in cells:
+        missing = {k: ("skipped" if k in c.note else "-") for k in KINDS}
         rows.append(
             [
                 f"{c.users:,}",
                 _ms(c.latency),
-                f"{c.plain_s:.2f}",
-                f"{c.flow_s:.2f}",
-                f"{c.ratio:.2f}",
-                f"{c.plain_peak:.0f}",
-                f"{c.flow_peak:.0f}",
-                f"{c.flow_peak_sum:.0f}",
+                *(_num(c.seconds(k), ".2f", missing[k]) for k in KINDS),
+                _num(c.ratio("flow", "plain"), ".2f"),
+                _num(c.ratio("flow", "dlt"), ".2f"),
+                *(_num(c.cpu(k), ".1f", missing[k]) for k in KINDS),
+                *(_num(c.peak(k), ".0f", missing[k]) for k in KINDS),
                 "ok" if c.ok else "MISMATCH/FAILED",
                 c.verdict(),
             ]
@@ -896,10 +1008,15 @@ SUMMARY_HEADER = [
     "latency ms",
     "plain s",
     "flow s",
+    "dlt s",
     "flow/plain",
-    "plain peak MiB",
-    "flow peak MiB",
-    "flow tree MiB",
+    "flow/dlt",
+    "plain CPU s",
+    "flow CPU s",
+    "dlt CPU s",
+    "plain MiB",
+    "flow MiB",
+    "dlt MiB",
     "checks",
     "target",
 ]
@@ -908,25 +1025,25 @@ PHASES = ("before_flow", "cluster", "count", "extract", "load", "other")
 
 
 def _cpu_median(runs: list[Run], attr: str) -> str:
-    return f"{statistics.median(getattr(r, attr) for r in runs):.1f}" if runs else "?"
+    values = [getattr(r, attr) for r in runs if r.ok]
+    return f"{statistics.median(values):.1f}" if values else "-"
 
 
 def phase_rows(cells: list[Cell]) -> list[list[str]]:
-    """Where the flow's median time went, per cell, and the CPU both programs used."""
+    """Where the flow's median time went, per cell, and the CPU of the servers."""
     rows = []
     for c in cells:
-        med = _median_phases([r.phases for r in c.flow if r.ok and r.phases])
+        flow = c.runs.get("flow", [])
+        med = _median_phases([r.phases for r in flow if r.ok and r.phases])
         rows.append(
             [
                 f"{c.users:,}",
                 _ms(c.latency),
-                f"{c.flow_s:.2f}",
+                _num(c.flow_s, ".2f"),
                 *(f"{med[p]:.2f}" if p in med else "?" for p in PHASES),
-                _cpu_median(c.flow, "cpu_s"),
-                _cpu_median(c.flow, "prefect_cpu_s"),
-                _cpu_median(c.flow, "api_cpu_s"),
-                _cpu_median(c.plain, "cpu_s"),
-                _cpu_median(c.plain, "api_cpu_s"),
+                _num(c.flow_peak_sum, ".0f"),
+                _cpu_median(flow, "prefect_cpu_s"),
+                *(_cpu_median(c.runs.get(k, []), "api_cpu_s") for k in KINDS),
             ]
         )
     return rows
@@ -942,50 +1059,54 @@ PHASE_HEADER = [
     "extract",
     "load",
     "other",
-    "flow CPU s",
+    "flow tree MiB",
     "Prefect server CPU s (flow)",
-    "API CPU s (flow)",
-    "plain CPU s",
     "API CPU s (plain)",
+    "API CPU s (flow)",
+    "API CPU s (dlt)",
 ]
 
 
 def _flow_extract(cell: Cell) -> float:
-    values = [r.phases["extract"] for r in cell.flow if r.ok and "extract" in r.phases]
+    values = [
+        r.phases["extract"] for r in cell.runs.get("flow", []) if r.ok and "extract" in r.phases
+    ]
     return statistics.median(values) if values else float("nan")
 
 
-GROWTH_SERIES = (
-    ("flow", lambda c: c.flow_s),
+GROWTH_SERIES: tuple[tuple[str, Callable[[Cell], float]], ...] = (
+    ("plain", lambda c: c.seconds("plain")),
+    ("flow", lambda c: c.seconds("flow")),
     ("flow extract phase", _flow_extract),
-    ("plain", lambda c: c.plain_s),
+    ("dlt", lambda c: c.seconds("dlt")),
 )
 
 
 def growth_lines(cells: list[Cell]) -> list[str]:
-    """Time per 1,000 users at 10k/100k/1M (0 ms), and the marginal cost between sizes."""
+    """Time per 1,000 users at 10k/100k/1M (per latency), and the marginal cost between sizes."""
     lines = []
-    for label, seconds in GROWTH_SERIES:
-        points = [
-            (c.users, seconds(c))
-            for users in GROWTH_SIZES
-            for c in cells
-            if c.users == users and c.latency == 0
-        ]
-        if len(points) < 2:
-            continue
-        per_k = ", ".join(f"{u // 1000:,}k: {s / (u / 1000):.4f}" for u, s in points)
-        marginal = ", ".join(
-            f"{a // 1000:,}k→{b // 1000:,}k: {(sb - sa) / ((b - a) / 1000):.4f}"
-            for (a, sa), (b, sb) in itertools.pairwise(points)
-        )
-        lines.append(
-            f"growth ({label}, 0 ms): s per 1k users {per_k}; marginal s per extra 1k users "
-            f"{marginal}"
-        )
+    for latency in sorted({c.latency for c in cells}):
+        for label, seconds in GROWTH_SERIES:
+            points = [
+                (c.users, seconds(c))
+                for users in GROWTH_SIZES
+                for c in cells
+                if c.users == users and c.latency == latency and not math.isnan(seconds(c))
+            ]
+            if len(points) < 2:
+                continue
+            per_k = " → ".join(f"{u // 1000:,}k {s / (u / 1000):.4f}" for u, s in points)
+            marginal = ", ".join(
+                f"{a // 1000:,}k→{b // 1000:,}k {(sb - sa) / ((b - a) / 1000):.4f}"
+                for (a, sa), (b, sb) in itertools.pairwise(points)
+            )
+            lines.append(
+                f"growth ({label}, {_ms(latency)} ms): s per 1,000 users {per_k}; "
+                f"marginal s per extra 1,000 users {marginal}"
+            )
     if lines:
         lines.append(
-            "(linear = equal marginal costs; the per-1k figure falls while fixed costs dominate)"
+            "(linear = equal marginal costs; the per-1,000 figure falls while fixed costs dominate)"
         )
     return lines
 
@@ -1093,17 +1214,67 @@ def machine() -> dict[str, str]:
         "dask / distributed": f"{ver('dask')} / {ver('distributed')}",
         "pandas": ver("pandas"),
         "requests": ver("requests"),
-        "placeholder-etl": ver("placeholder-etl"),
+        "orjson": ver("orjson"),
+        "placeholder-etl": f"{ver('placeholder-etl')} ({flow_source()})",
     }
+
+
+def flow_source() -> str:
+    """Where the flow under test comes from: its checkout and commit (``+ changes``)."""
+    try:
+        dist = distribution("placeholder-etl")
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+    except (PackageNotFoundError, ValueError):
+        return "unknown source"
+    url = direct.get("url", "")
+    if not url.startswith("file://"):
+        return url or "installed from an index"
+    checkout = url.removeprefix("file://")
+    git = ["git", "-C", checkout]
+    try:
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], check=True, **_QUIET)
+        dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], check=True, **_QUIET)
+    except (OSError, subprocess.CalledProcessError):
+        return f"editable from {checkout}"
+    changes = " + uncommitted changes" if dirty.stdout.strip() else ""
+    return f"editable from {checkout} at {commit.stdout.strip()}{changes}"
+
+
+_QUIET: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 30}
+
+
+def dlt_version(python: Path | None) -> str:
+    """dlt's version in its environment."""
+    if python is None:
+        return "not run (--no-dlt)"
+    cmd = [str(python), "-c", "import dlt; print(dlt.__version__)"]
+    try:
+        found = subprocess.run(cmd, check=True, **_QUIET).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return f"{found} (in {DLT_VENV.relative_to(ROOT)})"
 
 
 PHASE_NOTE = (
     "`before flow`: process start → first flow-run log line (imports, flow-run creation); "
     "`Dask cluster start`: LocalCluster start (log timestamps); `count`, `extract`, `load`: "
     "the manifest's timings (`extract` without the cluster start, which follows the count); "
-    "`other`: the rest (subflow set-up/tear-down, cluster close, process exit). CPU s: user+system of the whole process "
-    "tree; Prefect server CPU s: the running Prefect server's, serving the flow's API calls; "
-    "API CPU s: the bundled API server generating and serving the pages, on the same cores."
+    "`other`: the rest (subflow set-up/tear-down, cluster close, process exit); `flow tree "
+    "MiB`: the peak of the flow's process tree's summed RSS. Prefect server CPU s: the running "
+    "Prefect server's, serving the flow's API calls; API CPU s: the API server's while serving "
+    "each program (its own process, on the same 2 cores)."
+)
+SUMMARY_NOTE = (
+    "Times are wall clock from process start to exit; `CPU s` is user+system time of the "
+    "program's whole process tree (the API and Prefect servers are not in it); `MiB` is the "
+    "peak RSS of the largest single process of the tree (polled every 50 ms), the flow's "
+    "target measure. `flow/plain` and `flow/dlt` divide the median times."
+)
+COLD_NOTE = (
+    "**Cold cache, every run**: each flow run gets a fresh, empty `--cache-dir` (its default "
+    "settings otherwise, cache on: nothing can be reused, and the manifest's `cached_chunks` "
+    "must be 0); each dlt run a fresh pipelines directory and destination folder; the plain "
+    "script keeps nothing. Python bytecode is the only thing warm (see below)."
 )
 RAW_NOTE = (
     "`other CPU s`: busy CPU time of the whole machine during the run minus the run's process "
@@ -1122,34 +1293,38 @@ def write_markdown(
 ) -> None:
     """Write (replace) the results file."""
     lines = [
-        "# Benchmark results: plain script vs Prefect flow",
+        "# Benchmark results: plain script vs Prefect flow vs dlt",
         "",
         (
             f"Written by `benchmarks/bench.py` on {meta['date']} (UTC); command: "
             f"`{meta['command']}`. See [README.md](README.md) for what is measured and how."
         ),
         "",
+        COLD_NOTE,
+        "",
         "## Machine",
         "",
         *(f"- {k}: {v}" for k, v in machine().items()),
+        f"- dlt: {meta.get('dlt', '-')}",
         f"- load average (1, 5, 15 min) before / after: {meta['load_before']} / {meta['load_after']}",
+        f"- other processes on the machine during the runs: {meta.get('noise', '-')}",
         f"- bytecode cache: {meta['pyc']}",
+        f"- API server: {meta.get('api', '-')}",
         f"- Prefect server for the flow runs: {meta['server']}",
         "",
     ]
     if meta.get("failures"):
         lines += [f"**FAILED cells: {meta['failures']}**", ""]
     if cells:
+        notes = [f"{c.users:,} users @{_ms(c.latency)} ms: {c.note}" for c in cells if c.note]
         lines += [
             f"## Results (median of {args.runs} run(s) per cell; peaks are the maximum)",
             "",
             md_table(SUMMARY_HEADER, summary_rows(cells)),
             "",
-            (
-                "`flow peak MiB` is the largest single process of the flow's process tree (the "
-                "target's measure); `flow tree MiB` is the peak of the tree's summed RSS."
-            ),
+            SUMMARY_NOTE,
             "",
+            *(f"- {note}" for note in notes),
             *(f"- {line}" for line in growth_lines(cells)),
             "",
             "### Targets",
@@ -1203,6 +1378,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, help="repetitions per cell (default 3; --quick 1)")
     parser.add_argument("--quick", action="store_true", help="10 and 10,000 users, 0 ms, 1 run")
     parser.add_argument(
+        "--server",
+        choices=("fast", "bundled"),
+        default="fast",
+        help="API server: fast (benchmarks/fast_server.py, default) or the package's bundled one",
+    )
+    parser.add_argument("--no-dlt", action="store_true", help="run plain and flow only")
+    parser.add_argument(
+        "--dlt-limit",
+        type=float,
+        default=600,
+        help="skip dlt in a cell where one run would take longer (seconds, default 600)",
+    )
+    parser.add_argument("--fast-cache", type=Path, help="fast server's build cache directory")
+    parser.add_argument(
         "--fixed-costs", action="store_true", help="also measure the fixed costs at 10 users"
     )
     parser.add_argument(
@@ -1241,6 +1430,77 @@ def _load() -> str:
     return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def noise(runs: list[Run]) -> str:
+    """How busy the rest of the machine was while the runs ran (``other CPU s`` / wall)."""
+    wall = sum(r.wall_s for r in runs)
+    if not wall:
+        return "-"
+    cores = sum(r.other_cpu_s for r in runs) / wall
+    verdict = "quiet" if cores < 0.1 else "NOISY: timings of CPU-bound cells are inflated"
+    return (
+        f"{cores:.2f} cores busy on average (CPU time not of the program, the API server or "
+        f"the Prefect server, per second of the runs; {verdict})"
+    )
+
+
+def ensure_dlt_venv(timeout: float = 900) -> Path:
+    """``benchmarks/.venv-dlt`` with ``requirements-dlt.txt`` installed; its Python.
+
+    Created (or refreshed when the requirements changed) with ``uv`` when it is next to this
+    Python or on PATH, else with ``venv`` and pip. Never touches the project's ``.venv``.
+    """
+    python = DLT_VENV / "bin" / "python"
+    stamp = DLT_VENV / ".requirements.sha256"
+    wanted = hashlib.sha256(DLT_REQUIREMENTS.read_bytes()).hexdigest()
+    if python.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
+        return python
+    print(f"creating {DLT_VENV.relative_to(ROOT)} from {DLT_REQUIREMENTS.name}", flush=True)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    uv = PYTHON.with_name("uv") if PYTHON.with_name("uv").exists() else shutil.which("uv")
+    if uv:
+        steps = [
+            [str(uv), "venv", "-q", "--allow-existing", "--python", base, str(DLT_VENV)],
+            [
+                str(uv),
+                "pip",
+                "install",
+                "-q",
+                "--python",
+                str(python),
+                "--compile-bytecode",
+                "-r",
+                str(DLT_REQUIREMENTS),
+            ],
+        ]
+    else:
+        steps = [
+            [base, "-m", "venv", str(DLT_VENV)],
+            [str(python), "-m", "pip", "install", "-q", "-r", str(DLT_REQUIREMENTS)],
+        ]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, timeout=timeout, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"bench: {' '.join(step[:3])} failed:\n{done.stderr[-2000:]}")
+    stamp.write_text(wanted + "\n")
+    return python
+
+
+def probe_api(ctx: Context, users: int) -> str:
+    """The API server's throughput for 1,000-user pages, 1 and 16 connections (untimed)."""
+    seconds = 2.0 if users <= 10_000 else 4.0
+    with api_server(ctx, users, 0.0) as (url, _):
+        results = [
+            throughput.probe(url, max(1, users // 1000), connections, seconds)
+            for connections in (1, 16)
+        ]
+    figures = "; ".join(
+        f"{r['req_s']:,.0f} requests/s ({r['mib_s']:,.0f} MiB/s) over {r['connections']} "
+        f"connection(s)"
+        for r in results
+    )
+    return f"{figures} ({results[0]['tool']}, {users:,} users, pages of 1,000)"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; 0 when every run passed its checks, 1 otherwise."""
     args = parse_args(argv)
@@ -1255,6 +1515,7 @@ def main(argv: list[str] | None = None) -> int:
     base_env = {k: v for k, v in os.environ.items() if k not in SCRUBBED_ENV}
     base_env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
     base_env["PREFECT_HOME"] = str(work / "client-prefect-home")
+    base_env["RUNTIME__DLTHUB_TELEMETRY"] = "false"
     if args.no_pyc_cache:
         inherited = os.environ.get("PYTHONDONTWRITEBYTECODE", "")
         meta["pyc"] = f"as inherited (PYTHONDONTWRITEBYTECODE={inherited!r})"
@@ -1263,7 +1524,7 @@ def main(argv: list[str] | None = None) -> int:
         base_env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
         meta["pyc"] = (
             "on (PYTHONDONTWRITEBYTECODE unset, PYTHONPYCACHEPREFIX in a temp dir, "
-            "filled by an untimed warm-up run)"
+            "filled by an untimed warm-up run of each program)"
         )
     for key in ("PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX"):  # for the API servers
         if key in base_env:
@@ -1271,12 +1532,37 @@ def main(argv: list[str] | None = None) -> int:
         else:
             os.environ.pop(key, None)
     ctx = Context(work, base_env, dict(base_env), args.timeout, args.poll)
+    ctx.server = args.server
+    ctx.dlt_limit = args.dlt_limit
+    ctx.fast_cache = args.fast_cache
+    if args.no_dlt:
+        ctx.kinds = ("plain", "flow")
+    else:
+        ctx.dlt_python = ensure_dlt_venv()
+    meta["dlt"] = dlt_version(ctx.dlt_python) + (
+        "; `rest_api` source, page-number paginator on `_page`/`_limit` (1,000), stopping at a "
+        'short page or `X-Total-Count`; filesystem destination, `loader_file_format="csv"` '
+        "(uncompressed)"
+        if ctx.dlt_python
+        else ""
+    )
     runs: list[Run] = []
     costs: list[FixedCost] = []
     cells: list[Cell] = []
     failures: list[str] = []
     print(f"bench: work dir {work}; results → {args.results}", flush=True)
     try:
+        if args.server == "fast":
+            meta["api"] = (
+                "`benchmarks/fast_server.py` (asyncio, pre-encoded records, started per cell in "
+                "its own process; building its records is not timed)"
+            )
+        else:
+            meta["api"] = "the bundled server (`serve-api`, records generated per request)"
+        if args.matrix:
+            probe_users = min(100_000, max(n for n, _ in args.matrix))
+            meta["api"] += "; throughput " + probe_api(ctx, probe_users)
+            print(f"API server: {meta['api']}", flush=True)
         if not args.no_warmup:
             _warm_up(ctx)
         if args.fixed_costs:
@@ -1289,34 +1575,37 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"Prefect server at {api}", flush=True)
                 for users, latency in args.matrix:
                     print(f"cell: {users:,} users @{latency * 1000:.0f} ms", flush=True)
+                    at_zero = next(
+                        (c.seconds("dlt") for c in cells if c.users == users and c.latency == 0),
+                        None,
+                    )
                     try:
-                        cell_runs = run_cell(ctx, users, latency, args.runs)
+                        cell_runs, note = run_cell(ctx, users, latency, args.runs, at_zero)
                     except (RuntimeError, OSError) as exc:
                         failures.append(f"{users:,} users @{latency * 1000:.0f} ms: {exc}")
                         print(f"!!! cell FAILED: {failures[-1]}", flush=True)
                         continue
                     runs += cell_runs
-                    cells.append(
-                        Cell(
-                            users,
-                            latency,
-                            [r for r in cell_runs if r.kind == "plain"],
-                            [r for r in cell_runs if r.kind == "flow"],
-                        )
-                    )
+                    by_kind = {k: [r for r in cell_runs if r.kind == k] for k in ctx.kinds}
+                    cells.append(Cell(users, latency, by_kind, note))
                 rss = _tree_rss(prefect_pid)
                 meta["server"] += f"; its RSS at the end: {rss:.0f} MiB"
         meta.setdefault("server", "none (fixed costs only)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     meta["load_after"] = _load()
+    meta["noise"] = noise(runs)
     print()
     if cells:
         print(text_table(SUMMARY_HEADER, summary_rows(cells)))
         print()
+        for cell in cells:
+            if cell.note:
+                print(f"{cell.users:,} users @{_ms(cell.latency)} ms: {cell.note}")
         for line in growth_lines(cells):
             print(line)
         print()
+        print(f"other processes on the machine: {meta['noise']}")
         print("where the flow's time goes (medians, s):")
         print(text_table(PHASE_HEADER, phase_rows(cells)))
         print()
@@ -1342,15 +1631,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _warm_up(ctx: Context) -> None:
-    """One untimed plain and flow run at 10 users: fills the bytecode cache."""
-    print("warm-up (untimed): plain and flow at 10 users", flush=True)
-    from placeholder_etl.server import bundled_server
-
+    """One untimed run of each program at 10 users: fills the bytecode cache."""
+    print(f"warm-up (untimed): {', '.join(ctx.kinds)} at 10 users", flush=True)
     env = dict(ctx.base_env)
-    with bundled_server(users=10) as api_url:
-        for kind in ("plain", "flow"):
-            ctx_env = Context(ctx.work, env, env, ctx.timeout, ctx.interval)
-            measured, run, out = run_one(ctx_env, kind, api_url, None, 10, 0.0)
+    warm = Context(ctx.work, env, env, ctx.timeout, ctx.interval, server=ctx.server)
+    warm.kinds, warm.dlt_python, warm.fast_cache = ctx.kinds, ctx.dlt_python, ctx.fast_cache
+    with api_server(warm, 10, 0.0) as (api_url, _):
+        for kind in ctx.kinds:
+            measured, run, out = run_one(warm, kind, api_url, None, 10, 0.0)
             shutil.rmtree(out, ignore_errors=True)
             print(f"  warm-up {kind}: {measured.wall_s:.2f} s {'ok' if run.ok else run.problems}")
 
