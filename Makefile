@@ -72,7 +72,8 @@ server: $(STAMP) ## Start a Prefect server and its UI on 127.0.0.1:4200 (PREFECT
 deploy: $(STAMP) ## Deploy prefect.yaml to PREFECT_API_URL; daily-git clones origin (or this checkout)
 	@test -n "$$PREFECT_API_URL" || $(BIN)/prefect config view | grep -q PREFECT_API_URL || \
 		{ echo "set PREFECT_API_URL (make server) or run 'prefect cloud login' first" >&2; exit 2; }
-	@git ls-remote --exit-code '$(PLACEHOLDER_ETL_REPO)' $(PLACEHOLDER_ETL_BRANCH) >/dev/null 2>&1 || \
+	@GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote --exit-code '$(PLACEHOLDER_ETL_REPO)' \
+		$(PLACEHOLDER_ETL_BRANCH) >/dev/null 2>&1 || \
 		echo "warning: daily-git will fail: git cannot read branch '$(PLACEHOLDER_ETL_BRANCH)' of" \
 			"$(PLACEHOLDER_ETL_REPO) from here (set PLACEHOLDER_ETL_REPO / PLACEHOLDER_ETL_BRANCH)" >&2
 	@echo "daily-git clones $(PLACEHOLDER_ETL_REPO) $(if $(PLACEHOLDER_ETL_BRANCH),branch $(PLACEHOLDER_ETL_BRANCH),at its default branch)"
