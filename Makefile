@@ -12,11 +12,16 @@ USERS ?= 10
 PYTEST_ARGS ?=
 POOL ?= placeholder-etl
 PREFECT_PORT ?= 4200
-PLACEHOLDER_ETL_REPO ?= https://github.com/placeholder-etl/placeholder-etl.git
+# What the deployments run: the *-local ones this checkout; daily-git a clone of this
+# checkout's `origin` remote, or of this checkout itself when it has none (git clones a path:
+# its last commit, not uncommitted work), at the branch checked out here (none when detached:
+# the repository's default).
 export PLACEHOLDER_ETL_HOME := $(CURDIR)
-export PLACEHOLDER_ETL_REPO
+PLACEHOLDER_ETL_REPO ?= $(shell git -C '$(CURDIR)' remote get-url origin 2>/dev/null || echo '$(CURDIR)')
+PLACEHOLDER_ETL_BRANCH ?= $(shell git -C '$(CURDIR)' symbolic-ref --quiet --short HEAD 2>/dev/null)
+export PLACEHOLDER_ETL_REPO PLACEHOLDER_ETL_BRANCH
 
-.PHONY: help install run test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation bench bench-quick soak clean
+.PHONY: help install run test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation saturn-recipes bench bench-quick soak clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -60,12 +65,18 @@ strip-notebooks: $(STAMP) ## Clear outputs and execution counts before committin
 serve-api: $(STAMP) ## Serve the bundled JSONPlaceholder API on 127.0.0.1:3000 (USERS=10)
 	$(BIN)/placeholder-api --users $(USERS)
 
-server: $(STAMP) ## Start a Prefect server on 127.0.0.1:4200 (PREFECT_PORT; SQLite in PREFECT_HOME)
-	$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
+server: $(STAMP) ## Start a Prefect server and its UI on 127.0.0.1:4200 (PREFECT_PORT=…; SQLite in PREFECT_HOME)
+	PREFECT_SERVER_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
-deploy: $(STAMP) ## Create the work pool if missing and deploy prefect.yaml to PREFECT_API_URL
+deploy: $(STAMP) ## Deploy prefect.yaml to PREFECT_API_URL; daily-git clones origin (or this checkout)
 	@test -n "$$PREFECT_API_URL" || $(BIN)/prefect config view | grep -q PREFECT_API_URL || \
 		{ echo "set PREFECT_API_URL (make server) or run 'prefect cloud login' first" >&2; exit 2; }
+	@GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote --exit-code '$(PLACEHOLDER_ETL_REPO)' \
+		$(PLACEHOLDER_ETL_BRANCH) >/dev/null 2>&1 || \
+		echo "warning: daily-git will fail: git cannot read branch '$(PLACEHOLDER_ETL_BRANCH)' of" \
+			"$(PLACEHOLDER_ETL_REPO) from here (set PLACEHOLDER_ETL_REPO / PLACEHOLDER_ETL_BRANCH)" >&2
+	@echo "daily-git clones $(PLACEHOLDER_ETL_REPO) $(if $(PLACEHOLDER_ETL_BRANCH),branch $(PLACEHOLDER_ETL_BRANCH),at its default branch)"
 	$(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
 		$(BIN)/prefect work-pool create $(POOL) --type process
 	$(BIN)/prefect --no-prompt deploy --all
@@ -87,6 +98,9 @@ bench-quick: $(STAMP) ## A quick benchmark (10 and 10,000 users, one run)
 
 soak: $(STAMP) ## 50 runs against a flaky API (10 % 503s, random latency); writes benchmarks/SOAK.md
 	$(BIN)/python benchmarks/soak.py --runs 50
+
+saturn-recipes: $(STAMP) ## Write build/saturn/*.json: the Saturn recipes for origin (REPO=… for another URL)
+	$(BIN)/python tools/saturn_recipes.py write --out build/saturn $(if $(REPO),--repo '$(REPO)')
 
 clean: ## Remove caches and build files (keeps .venv and output/)
 	rm -rf .pytest_cache .ruff_cache build src/*.egg-info

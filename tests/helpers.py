@@ -42,6 +42,26 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None)
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def make_command(*args: str, directory: Path = ROOT) -> list[str]:
+    """``make -C directory ARGS`` with this interpreter's environment as the Makefile's VENV.
+
+    ``-o`` marks the install stamp as up to date: the targets run without reinstalling (a fresh
+    clone would otherwise build a venv of its own, and an editable install would be re-pointed).
+    """
+    venv = Path(sys.prefix)
+    stamp = venv / ".installed"
+    return [
+        "make",
+        "--no-print-directory",
+        "-C",
+        str(directory),
+        f"VENV={venv}",
+        "-o",
+        str(stamp),
+        *args,
+    ]
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL ``proc``'s process group (it must have been started in a session of its own)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["open_api", "output_path", "record", "recorded"]
+__all__ = ["is_recorded", "open_api", "output_path", "record", "recorded"]
 
 _TAG = "placeholder_etl"
 
@@ -67,6 +67,13 @@ def record(name: str, value: Any) -> Any:
     return value
 
 
+def is_recorded(output: dict[str, Any]) -> bool:
+    """Whether a cell output is a value :func:`record` showed (the run report leaves them out)."""
+    data = output.get("data", {}).get("application/json")
+    tagged = output.get("metadata", {}).get("application/json", {}).get(_TAG)
+    return isinstance(data, dict) and bool(tagged)
+
+
 def recorded(notebook: str | Path) -> dict[str, Any]:
     """Values :func:`record` left in an executed notebook, by name."""
     import nbformat
@@ -74,9 +81,7 @@ def recorded(notebook: str | Path) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for cell in nbformat.read(str(notebook), as_version=4).cells:
         for output in cell.get("outputs", []):
-            data = output.get("data", {}).get("application/json")
-            if isinstance(data, dict) and output.get("metadata", {}).get(
-                "application/json", {}
-            ).get(_TAG):
+            if is_recorded(output):
+                data = output["data"]["application/json"]
                 values[data["name"]] = data["value"]
     return values

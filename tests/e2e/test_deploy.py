@@ -1,7 +1,11 @@
-"""Deployments and notifications against a real `prefect server start` on loopback.
+"""`make server`, `make deploy` and every deployment run by a worker, offline, from a fresh clone.
 
-The test starts the server itself (SQLite in a temporary PREFECT_HOME), runs `make deploy`
-against it, triggers a deployment and runs it with `prefect worker start --run-once`.
+The module starts `make server` on a free loopback port (SQLite in a temporary PREFECT_HOME),
+clones this checkout (its last commit) and runs `make deploy` in the clone against that
+server, then runs each deployment of prefect.yaml once through `prefect worker start
+--run-once`: the *-local ones with this environment (a worker with a checkout), daily-git with
+a Python that has the dependencies but not this package (a worker without one), so only the
+deployment's own pull steps (clone the clone's origin, install it) can make it run.
 """
 
 from __future__ import annotations
@@ -11,8 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -20,10 +27,12 @@ import requests
 import yaml
 
 from placeholder_api.server import make_server
-from tests.helpers import run_cli
+from tests.helpers import listening_sockets, make_command, process_tree, run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
+DEPLOYMENTS = [
+    d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
+]
 
 
 def _free_port() -> int:
@@ -32,22 +41,34 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _git(*args: str, cwd: Path) -> str:
+    done = subprocess.run(
+        ["git", *args], cwd=cwd, capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout.strip()
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running `make server`: its process (make, the leader of its own group) and the env
+    that talks to it."""
+
+    pid: int
+    env: dict[str, str]
+
+
 @pytest.fixture(scope="module")
-def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
-    """`prefect server start` on a free loopback port; yields the env to talk to it."""
+def prefect_server(tmp_path_factory) -> Iterator[Server]:
+    """`make server PREFECT_PORT=<free port>`, stopped (its whole process group) at the end."""
     home = tmp_path_factory.mktemp("prefect-server-home")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_API_URL": url,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
     log = (home / "server.log").open("w")
     process = subprocess.Popen(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env={k: v for k, v in env.items() if k != "PREFECT_API_URL"},
+        make_command("server", f"PREFECT_PORT={port}"),
+        env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -63,7 +84,7 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
             assert process.poll() is None, (home / "server.log").read_text()[-3000:]
         else:
             pytest.fail("prefect server did not start in 120 s")
-        yield env
+        yield Server(process.pid, {**env, "PREFECT_API_URL": url})
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
@@ -80,25 +101,44 @@ def _client(env: dict[str, str]):
     return SyncPrefectClient(env["PREFECT_API_URL"])
 
 
+def test_prefect_server_loopback_only_and_its_ui_talks_to_its_own_port(prefect_server) -> None:
+    api = prefect_server.env["PREFECT_API_URL"]
+    port = int(api.split(":")[-1].split("/")[0])
+    settings = requests.get(api.removesuffix("/api") + "/ui-settings", timeout=10).json()
+    assert settings["api_url"] == api  # not the default port 4200
+    sockets = listening_sockets(process_tree(prefect_server.pid))
+    assert ("127.0.0.1", port) in sockets
+    assert {ip for ip, _ in sockets} == {"127.0.0.1"}, sockets
+
+
 @pytest.fixture(scope="module")
-def deployed(prefect_server) -> dict[str, str]:
-    """`make deploy` run once against the server; yields the server's env."""
+def clone(tmp_path_factory) -> Path:
+    """A fresh clone of this checkout (its last commit: commit what you want tested); its origin
+    is this checkout, its branch the current one."""
+    target = tmp_path_factory.mktemp("fresh") / "placeholder-etl"
+    _git("clone", "--quiet", str(ROOT), str(target), cwd=ROOT)
+    return target
+
+
+@pytest.fixture(scope="module")
+def deployed(prefect_server, clone) -> dict[str, str]:
+    """`make deploy` run once in the clone against the server; yields the server's env."""
     result = subprocess.run(
-        ["make", "-C", str(ROOT), "deploy"],
-        env=prefect_server,
+        make_command("deploy", directory=clone),
+        env=prefect_server.env,
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    return prefect_server
+    assert "warning" not in result.stderr, result.stderr
+    return prefect_server.env
 
 
-def test_make_deploy_schedules_every_deployment(deployed) -> None:
-    prefect_server = deployed
+def test_make_deploy_schedules_every_deployment(deployed, clone) -> None:
     wanted = yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
-    with _client(prefect_server) as client:
+    with _client(deployed) as client:
         pool = client.read_work_pool("placeholder-etl")
         assert pool.type == "process"
         for spec in wanted:
@@ -111,7 +151,11 @@ def test_make_deploy_schedules_every_deployment(deployed) -> None:
             if spec["name"].endswith("-local"):
                 (step,) = deployment.pull_steps
                 directory = step["prefect.deployments.steps.set_working_directory"]["directory"]
-                assert directory == str(ROOT)
+                assert directory == str(clone)
+            else:
+                clone_step = deployment.pull_steps[0]["prefect.deployments.steps.git_clone"]
+                assert clone_step["repository"] == str(ROOT)  # the clone's origin
+                assert clone_step["branch"] == _git("branch", "--show-current", cwd=clone)
         crons = [
             s.schedule
             for d in wanted
@@ -120,39 +164,93 @@ def test_make_deploy_schedules_every_deployment(deployed) -> None:
         assert any(getattr(s, "timezone", None) == "Europe/London" for s in crons)
 
 
-def test_a_worker_runs_a_triggered_deployment(deployed, tmp_path) -> None:
-    prefect_server = deployed
+def test_make_deploy_clones_origin_or_else_the_checkout_itself(clone, tmp_path) -> None:
+    """What `make deploy` tells daily-git to clone (dry run: nothing is deployed)."""
+    lonely = tmp_path / "no-origin"
+    _git("clone", "--quiet", str(clone), str(lonely), cwd=tmp_path)
+    _git("remote", "remove", "origin", cwd=lonely)
+    for checkout, repository in [(clone, ROOT), (lonely, lonely)]:
+        dry = subprocess.run(
+            make_command("-n", "deploy", directory=checkout),
+            env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        assert f"daily-git clones {repository} branch " in dry.stdout
+    assert "github.com" not in (ROOT / "Makefile").read_text()
+
+
+@pytest.fixture
+def python_without_the_package(tmp_path) -> Path:
+    """A Python with this environment's dependencies on its path but not placeholder_etl.
+
+    A venv whose .pth file adds this environment's site-packages as a plain path: the
+    dependencies import, the editable install's own .pth there is not processed.
+    """
+    venv = tmp_path / "worker-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    purelib = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (Path(purelib) / "dependencies.pth").write_text("\n".join(paths) + "\n")
+    probe = subprocess.run(
+        [python, "-c", "import prefect, pandas, pip; import placeholder_etl"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert "No module named 'placeholder_etl'" in probe.stderr, probe.stderr
+    return python
+
+
+@pytest.mark.parametrize("name", DEPLOYMENTS)
+def test_every_deployment_runs_through_a_worker(name, deployed, tmp_path, request) -> None:
+    """Each deployment, as deployed, run once by a worker on a work queue of this test's own."""
+    if name.endswith("-git"):
+        python = request.getfixturevalue("python_without_the_package")
+    else:
+        python = Path(sys.executable)
+    queue = f"test-{name}-{uuid.uuid4().hex[:8]}"  # no other run (scheduled ones) on it
     out = tmp_path / "out"
-    with _client(prefect_server) as client:
-        deployment = client.read_deployment_by_name("placeholder-etl/daily-local")
-        for other in client.read_deployments():  # keep scheduled runs out of --run-once
-            for schedule in other.schedules:
-                client.update_deployment_schedule(other.id, schedule.id, active=False)
     with make_server(users=15) as server:
-        with _client(prefect_server) as client:
+        with _client(deployed) as client:
+            deployment = client.read_deployment_by_name(f"placeholder-etl/{name}")
             run = client.create_flow_run_from_deployment(
                 deployment.id,
                 parameters={
                     "api_url": server.url,
                     "output_dir": str(out),
-                    "cluster": {"runner": "local"},
                     "fetch": {"cache_dir": str(tmp_path / "cache")},
                 },
+                work_queue_name=queue,
             )
+        start = ["worker", "start", "--pool", "placeholder-etl", "--work-queue", queue]
         worker = subprocess.run(
-            [BIN / "prefect", "worker", "start", "--pool", "placeholder-etl", "--run-once"],
-            env=prefect_server,
+            [python, "-m", "prefect", *start, "--run-once"],
+            env=deployed,
+            cwd=tmp_path,
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=400,
             check=False,
         )
-        assert worker.returncode == 0, worker.stdout[-3000:] + worker.stderr[-3000:]
-        assert server.stats()["requests"] == 2
-    with _client(prefect_server) as client:
-        assert client.read_flow_run(run.id).state.is_completed()
+        logs = worker.stdout[-4000:] + worker.stderr[-4000:]
+        assert worker.returncode == 0, logs
+    with _client(deployed) as client:
+        state = client.read_flow_run(run.id).state
+    assert state.is_completed(), f"{state.type}: {state.message}\n{logs}"
     (users,) = out.glob("users_[0-9]*.csv")
     assert len(users.read_text().splitlines()) == 16
+    if deployment.parameters["resources"] == "all":
+        (activity,) = out.glob("user_activity_[0-9]*.csv")
+        assert len(activity.read_text().splitlines()) == 16
 
 
 def test_a_deployment_run_with_a_bad_setting_is_refused_naming_it(deployed, tmp_path) -> None:
@@ -173,10 +271,11 @@ def test_a_deployment_run_with_a_bad_setting_is_refused_naming_it(deployed, tmp_
 
 
 def test_the_server_side_automation_notifies_on_failure(prefect_server, tmp_path, webhook):
-    setup = run_cli("setup-alerts", "--webhook", webhook.url, env=prefect_server, timeout=120)
+    env = prefect_server.env
+    setup = run_cli("setup-alerts", "--webhook", webhook.url, env=env, timeout=120)
     assert setup.returncode == 0, setup.stderr[-2000:]
     assert webhook.url not in setup.stdout + setup.stderr
-    with _client(prefect_server) as client:
+    with _client(env) as client:
         (automation,) = client.read_automations_by_name("placeholder-etl-failure-notification")
         assert automation.enabled
         assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
@@ -190,7 +289,7 @@ def test_the_server_side_automation_notifies_on_failure(prefect_server, tmp_path
             "--no-cache",
             "--output-dir",
             str(tmp_path / "out"),
-            env=prefect_server,
+            env=env,
         )
     assert result.returncode == 1
     messages = webhook.wait_for(1, timeout=90)

@@ -8,6 +8,7 @@ the values the notebooks ``record`` and the files they write.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -15,6 +16,7 @@ import papermill
 import pytest
 
 from placeholder_api.server import make_server
+from placeholder_etl.core.results import Manifest
 from placeholder_etl.notebook import recorded
 from tests.helpers import run_cli
 
@@ -146,7 +148,7 @@ def test_05_run_report_on_a_given_manifest(tmp_path) -> None:
     assert values["tables"]["photos"] == 6000
     assert values["contract"]["breaches"] == 0
     assert values["contract"]["records_checked"]["comments"] == 600
-    assert values["charts"] == 3
+    assert values["charts"] == 5  # rows, activity, todos done, posts and comments, the map
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -163,7 +165,7 @@ def test_every_notebook_runs_offline_with_no_parameters(name, tmp_path) -> None:
     assert users == 10
 
 
-def test_run_report_writes_html_with_charts(tmp_path) -> None:
+def test_run_report_writes_html_for_readers(tmp_path) -> None:
     out = tmp_path / "out"
     result = run_cli(
         "run",
@@ -182,11 +184,30 @@ def test_run_report_writes_html_with_charts(tmp_path) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     (report,) = out.glob("report_*.html")
     assert f"report: {report}" in result.stdout
+    (manifest_file,) = out.glob("manifest_*.json")
+    manifest = Manifest.read(manifest_file)
     html = report.read_text()
-    assert html.count("data:image/png;base64") >= 2
+    text = re.sub(r"<(style|script)\b.*?</\1>", "", html, flags=re.DOTALL)  # what a reader sees
+    # the headline, from the manifest
+    assert "Run report: " in html
+    assert manifest.source in html
+    assert f"{manifest.timings.total_s:.1f} s" in html
+    assert f"{manifest.retries} request retries" in html
+    assert f"{manifest.cached_chunks} of {manifest.chunks} tasks from cache" in html
+    for name, info in manifest.tables.items():
+        assert f"<td>{name}</td>" in html
+        assert f"{info.rows:,}" in html
     assert "5,000" in html  # photos checked, from the data
     assert "records checked, 0 breaches" in html
-    assert "import pandas" not in html  # code hidden
+    assert html.count('src="data:image/png;base64') == 5
+    # nothing for notebook users or tests: no code, no dicts, no recorded values, no logs
+    assert "import pandas" not in text
+    assert "{'" not in text
+    for recorded_name in ("tables", "contract", "charts"):
+        assert f"{recorded_name}: " not in text
+    for instruction in ("parameters", "papermill", "remove_cell", "template"):
+        assert instruction not in text.lower()
+    assert "WARNING" not in text
 
 
 def test_a_failing_report_keeps_the_data_and_says_so(tmp_path) -> None:

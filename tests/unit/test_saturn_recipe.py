@@ -1,17 +1,26 @@
-"""The Saturn Cloud recipes (``saturn.json``, ``saturn-job.json``) against the current format."""
+"""The Saturn Cloud recipes against the current format.
+
+``saturn.json`` and ``saturn-job.json`` are templates that name no repository; the recipes
+checked here are the ones ``tools/saturn_recipes.py write`` makes of them for a repository.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
-from tests.unit.saturn_recipe import (
+from tools.saturn_recipes import (
+    RECIPE_FILES,
+    REPO_PLACEHOLDER,
     ROOT,
     SECRET_MARKERS,
     SECRET_NAME,
@@ -20,17 +29,110 @@ from tests.unit.saturn_recipe import (
     is_cron,
     load_recipe,
     parse_recipe,
+    pip_vcs_url,
     saturn_environment,
+    write_recipes,
 )
 
-WORKSPACE = ROOT / "saturn.json"
-JOB = ROOT / "saturn-job.json"
-RECIPES = [pytest.param(WORKSPACE, id="workspace"), pytest.param(JOB, id="job")]
+#: a repository URL for the tests (the .invalid top-level domain never resolves)
+FORK = "https://git.example.invalid/you/placeholder-etl.git"
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory) -> dict[str, Path]:
+    """The recipes as ``tools/saturn_recipes.py write --repo FORK`` writes them."""
+    out = tmp_path_factory.mktemp("saturn")
+    paths = write_recipes(out, repo=FORK)
+    return {path.name: path for path in paths}
+
+
+@pytest.fixture(params=["workspace", "job"])
+def path(request, written) -> Path:
+    """Each written recipe in turn."""
+    return written[{"workspace": "saturn.json", "job": "saturn-job.json"}[request.param]]
+
+
+@pytest.fixture
+def workspace(written) -> Path:
+    return written["saturn.json"]
+
+
+@pytest.fixture
+def job(written) -> Path:
+    return written["saturn-job.json"]
 
 
 def raw(path) -> dict[str, Any]:
     """The recipe as plain JSON."""
     return json.loads(path.read_text())
+
+
+@pytest.mark.parametrize("name", RECIPE_FILES)
+def test_the_templates_say_which_url_to_set_and_do_not_validate_until_it_is(name) -> None:
+    template = raw(ROOT / name)
+    [repository] = template["spec"]["git_repositories"]
+    assert repository["url"] == REPO_PLACEHOLDER
+    assert f"git+{REPO_PLACEHOLDER}@main" in template["spec"]["start_script"]
+    with pytest.raises(ValidationError, match="make saturn-recipes"):
+        parse_recipe(template)
+    assert "github.com" not in (ROOT / name).read_text()
+
+
+def test_write_fills_in_the_repository_everywhere(written) -> None:
+    for path in written.values():
+        text = path.read_text()
+        assert REPO_PLACEHOLDER not in text
+        spec = load_recipe(path).spec
+        [repository] = spec.git_repositories
+        assert repository.url == FORK
+        assert f'pip install "git+{FORK}@main"' in spec.start_script
+
+
+def test_write_takes_the_checkouts_origin_and_names_a_missing_one(tmp_path) -> None:
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    for name in ("saturn.json", "saturn-job.json", "environment.yml"):
+        (checkout / name).write_bytes((ROOT / name).read_bytes())
+    subprocess.run(["git", "init", "-q", str(checkout)], check=True)
+    with pytest.raises(SystemExit, match=r"no `origin` remote.*--repo URL"):
+        write_recipes(tmp_path / "out", root=checkout)
+    ssh = "git@git.example.invalid:you/placeholder-etl.git"
+    subprocess.run(["git", "-C", str(checkout), "remote", "add", "origin", ssh], check=True)
+    [workspace, _] = write_recipes(tmp_path / "out", root=checkout, branch="dev")
+    spec = load_recipe(workspace).spec
+    assert spec.git_repositories[0].url == ssh
+    assert spec.git_repositories[0].reference == "dev"
+    assert "git+ssh://git@git.example.invalid/you/placeholder-etl.git@dev" in spec.start_script
+
+
+def test_write_refuses_a_url_saturn_cannot_clone(tmp_path) -> None:
+    with pytest.raises(SystemExit, match="not an https or ssh git URL"):
+        write_recipes(tmp_path, repo=str(ROOT))  # a path: fine for make deploy, not for Saturn
+
+
+def test_the_command_line_writes_the_recipes(tmp_path) -> None:
+    options = ["--out", str(tmp_path), "--repo", FORK]
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "saturn_recipes.py"), "write", *options],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(RECIPE_FILES)
+    assert done.stdout.split() == [str(tmp_path / name) for name in RECIPE_FILES]
+
+
+@pytest.mark.parametrize(
+    ("repo", "pip"),
+    [
+        (FORK, f"git+{FORK}"),
+        ("ssh://git@host.invalid/a/b.git", "git+ssh://git@host.invalid/a/b.git"),
+        ("git@host.invalid:a/b.git", "git+ssh://git@host.invalid/a/b.git"),
+    ],
+)
+def test_pip_vcs_url(repo: str, pip: str) -> None:
+    assert pip_vcs_url(repo) == pip
 
 
 def walk(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
@@ -59,7 +161,6 @@ def inline_secrets(data: dict[str, Any]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("path", RECIPES)
 def test_recipe_validates_in_the_current_format(path) -> None:
     recipe = load_recipe(path)
     assert recipe.schema_version == "2025.10.01"
@@ -69,8 +170,8 @@ def test_recipe_validates_in_the_current_format(path) -> None:
     assert recipe.spec.disk_space == "10Gi"
 
 
-def test_workspace_and_job_types() -> None:
-    workspace, job = load_recipe(WORKSPACE), load_recipe(JOB)
+def test_workspace_and_job_types(workspace, job) -> None:
+    workspace, job = load_recipe(workspace), load_recipe(job)
     assert isinstance(workspace, WorkspaceRecipe)
     assert workspace.spec.name == "placeholder-etl"
     assert workspace.spec.ide == "jupyter"
@@ -90,9 +191,9 @@ def test_workspace_and_job_types() -> None:
         assert command[command.index(option) + 1] == value
 
 
-def test_job_and_workspace_share_the_environment() -> None:
+def test_job_and_workspace_share_the_environment(workspace, job) -> None:
     """Everything but the resource-specific fields is the same in both recipes."""
-    workspace, job = raw(WORKSPACE)["spec"], raw(JOB)["spec"]
+    workspace, job = raw(workspace)["spec"], raw(job)["spec"]
     own = {"name", "description", "ide", "auto_shutoff", "command", "schedule"}
     own |= {"concurrency_policy", "retries"}
     assert {k: v for k, v in workspace.items() if k not in own} == {
@@ -100,7 +201,6 @@ def test_job_and_workspace_share_the_environment() -> None:
     }
 
 
-@pytest.mark.parametrize("path", RECIPES)
 def test_dask_cluster(path) -> None:
     cluster = load_recipe(path).spec.dask_cluster
     assert cluster is not None
@@ -112,7 +212,6 @@ def test_dask_cluster(path) -> None:
     assert cluster.worker.use_spot_instances is False
 
 
-@pytest.mark.parametrize("path", RECIPES)
 def test_conda_installs_environment_yml_and_start_script_installs_package(path) -> None:
     spec = load_recipe(path).spec
     conda = spec.extra_packages.conda
@@ -120,12 +219,12 @@ def test_conda_installs_environment_yml_and_start_script_installs_package(path) 
     assert conda.install is None
     expected = saturn_environment((ROOT / "environment.yml").read_text())
     assert conda.environment_yml == expected, (
-        "the recipe's environment is out of date: run `.venv/bin/python -m tests.saturn_recipe`"
+        "the recipe's environment is out of date: run `python tools/saturn_recipes.py sync`"
     )
     assert "-e ." not in conda.environment_yml
     script = spec.start_script or ""
     assert f"pip install -e {spec.working_directory}" in script
-    assert "placeholder-etl.git" in script  # Dask workers have no clone
+    assert f"git+{FORK}@main" in script  # Dask workers have no clone
 
 
 def test_saturn_environment_drops_only_the_local_package() -> None:
@@ -133,18 +232,16 @@ def test_saturn_environment_drops_only_the_local_package() -> None:
     assert saturn_environment(text) == "dependencies:\n  - pip\n  - pip:\n      - pandas==3.1.1\n"
 
 
-@pytest.mark.parametrize("path", RECIPES)
 def test_git_repository_is_the_working_directory(path) -> None:
     spec = load_recipe(path).spec
     assert spec.working_directory == "/home/jovyan/workspace/placeholder-etl"
     [repo] = spec.git_repositories
     assert repo.path == spec.working_directory
-    assert repo.url == "https://github.com/placeholder-etl/placeholder-etl.git"
+    assert repo.url == FORK
     assert (repo.reference, repo.reference_type) == ("main", "branch")
     assert repo.on_restart == "preserve changes"
 
 
-@pytest.mark.parametrize("path", RECIPES)
 def test_no_inline_secrets(path) -> None:
     data = raw(path)
     assert inline_secrets(data) == []
@@ -157,8 +254,8 @@ def test_no_inline_secrets(path) -> None:
     assert env["PLACEHOLDER_ETL_OUTPUT_DIR"] == f"{spec.working_directory}/output"
 
 
-def test_inline_secret_check_catches_credentials() -> None:
-    data = copy.deepcopy(raw(WORKSPACE))
+def test_inline_secret_check_catches_credentials(workspace) -> None:
+    data = copy.deepcopy(raw(workspace))
     data["spec"]["environment_variables"]["PREFECT_API_KEY"] = "pnu_0123456789abcdef"
     data["spec"]["start_script"] += "curl -H 'Authorization: Bearer abc' https://x\n"
     found = inline_secrets(data)
@@ -211,9 +308,9 @@ def broken(path, change) -> dict[str, Any]:
         pytest.param(lambda s: s.update(ide="emacs"), "ide", id="ide"),
     ],
 )
-def test_model_rejects_broken_workspace(change, error: str) -> None:
+def test_model_rejects_broken_workspace(change, error: str, workspace) -> None:
     with pytest.raises(ValidationError, match=error):
-        parse_recipe(broken(WORKSPACE, change))
+        parse_recipe(broken(workspace, change))
 
 
 @pytest.mark.parametrize(
@@ -226,13 +323,13 @@ def test_model_rejects_broken_workspace(change, error: str) -> None:
         pytest.param(lambda s: s.update(ide="jupyter"), "ide", id="job-has-no-ide"),
     ],
 )
-def test_model_rejects_broken_job(change, error: str) -> None:
+def test_model_rejects_broken_job(change, error: str, job) -> None:
     with pytest.raises(ValidationError, match=error):
-        parse_recipe(broken(JOB, change))
+        parse_recipe(broken(job, change))
 
 
-def test_model_rejects_old_or_unknown_formats() -> None:
-    data = raw(WORKSPACE)
+def test_model_rejects_old_or_unknown_formats(workspace) -> None:
+    data = raw(workspace)
     for version in ("2022.08.01", "2025-10-01", "2025.13.01"):
         with pytest.raises(ValidationError, match="schema_version"):
             parse_recipe({**data, "schema_version": version})
@@ -253,8 +350,8 @@ def test_model_rejects_old_or_unknown_formats() -> None:
         ("NOTIFY", "https://hooks.slack.com/services/T0/B0/x"),
     ],
 )
-def test_model_rejects_inline_secret_env_var(name: str, value: str) -> None:
-    data = broken(WORKSPACE, lambda s: s["environment_variables"].update({name: value}))
+def test_model_rejects_inline_secret_env_var(name: str, value: str, workspace) -> None:
+    data = broken(workspace, lambda s: s["environment_variables"].update({name: value}))
     with pytest.raises(ValidationError, match=name):
         parse_recipe(data)
     assert inline_secrets(data)

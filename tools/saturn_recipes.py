@@ -1,4 +1,15 @@
-"""A strict pydantic model of Saturn Cloud's current recipe format (schema 2023.09.01 and later).
+"""The Saturn Cloud recipes: a strict model of the format, and the command that writes them.
+
+``saturn.json`` and ``saturn-job.json`` in the repository are templates: where the repository's
+URL goes they say ``<your fork's git URL>``, which no recipe validates with. This script writes
+the recipes to paste into Saturn, for this checkout's ``origin`` remote or another URL::
+
+    python tools/saturn_recipes.py write --out build/saturn [--repo URL] [--branch main]
+    python tools/saturn_recipes.py sync    # templates: embedded environment from environment.yml
+
+(``make saturn-recipes`` runs the first.)
+
+The model is of Saturn Cloud's current recipe format (schema 2023.09.01 and later).
 
 Only the fields Saturn documents for the current format are modelled (see the README's Saturn
 section): a recipe is ``{schema_version, type, spec, state?}``, where ``type`` is ``workspace``,
@@ -13,15 +24,15 @@ Field meanings not spelled out by the current docs follow the older flat schema 
 * ``shared_folders`` items are ``{owner, name, path?}``;
 * a ``deployment`` spec is the common fields plus a required ``command``.
 
-``python -m tests.saturn_recipe`` rewrites the embedded environment in ``saturn.json`` and
-``saturn-job.json`` from the repository's ``environment.yml`` (see :func:`saturn_environment`).
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -36,8 +47,11 @@ from pydantic import (
     model_validator,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 RECIPE_FILES = ("saturn.json", "saturn-job.json")
+
+#: what the templates say where the repository's URL goes
+REPO_PLACEHOLDER = "<your fork's git URL>"
 
 #: the oldest schema_version of the current (``type``/``spec``) format
 FIRST_CURRENT_SCHEMA = dt.date(2023, 9, 1)
@@ -158,11 +172,24 @@ class DaskCluster(Strict):
 class GitRepository(Strict):
     """A repository cloned into the resource."""
 
-    url: Annotated[str, StringConstraints(pattern=r"^(https://|git@|ssh://)\S+$")]
+    url: str
     path: AbsolutePath | None = None
     on_restart: Literal["preserve changes", "reclone"] = "preserve changes"
     reference: NonEmpty | None = None
     reference_type: Literal["branch", "tag", "commit"] = "branch"
+
+    @field_validator("url")
+    @classmethod
+    def _reachable_url(cls, url: str) -> str:
+        """Saturn clones over https or ssh; the template's placeholder is not a URL."""
+        if REPO_PLACEHOLDER in url:
+            raise ValueError(
+                f"the repository URL is still {REPO_PLACEHOLDER!r}: write the recipes with "
+                "`make saturn-recipes` (or `python tools/saturn_recipes.py write --repo URL`)"
+            )
+        if not re.fullmatch(r"(https://|git@|ssh://)\S+", url):
+            raise ValueError(f"{url!r} is not an https or ssh git URL Saturn can clone")
+        return url
 
 
 class SecretAttachment(Strict):
@@ -364,8 +391,12 @@ def saturn_environment(environment_yml: str) -> str:
     return "".join(line for line in lines if not _LOCAL_PIP_LINE.match(line))
 
 
+def _dump(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
 def sync_recipes(root: Path = ROOT) -> list[Path]:
-    """Rewrite ``extra_packages.conda.environment_yml`` in the recipes from ``environment.yml``."""
+    """Rewrite ``extra_packages.conda.environment_yml`` in the templates from ``environment.yml``."""
     content = saturn_environment((root / "environment.yml").read_text())
     changed = []
     for name in RECIPE_FILES:
@@ -374,12 +405,93 @@ def sync_recipes(root: Path = ROOT) -> list[Path]:
         conda = data["spec"]["extra_packages"]["conda"]
         if conda.get("environment_yml") != content:
             conda["environment_yml"] = content
-            path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            path.write_text(_dump(data))
             changed.append(path)
-        load_recipe(path)
     return changed
 
 
+def pip_vcs_url(repo: str) -> str:
+    """``repo`` as pip's VCS requirement wants it: ``git+https://…``, ``git+ssh://git@host/path``."""
+    if scp := re.fullmatch(r"([^@/:\s]+@[^:/\s]+):(?!//)(\S+)", repo):
+        repo = f"ssh://{scp[1]}/{scp[2]}"
+    return f"git+{repo}"
+
+
+def render_recipe(template: dict[str, Any], repo: str, branch: str = "main") -> dict[str, Any]:
+    """A template with the repository's URL and branch filled in (the template is not changed)."""
+    text = json.dumps(template)
+    for placeholder, value in [
+        (f"git+{REPO_PLACEHOLDER}@main", f"{pip_vcs_url(repo)}@{branch}"),
+        (REPO_PLACEHOLDER, repo),
+    ]:
+        text = text.replace(json.dumps(placeholder)[1:-1], json.dumps(value)[1:-1])
+    data = json.loads(text)
+    for repository in data["spec"].get("git_repositories") or []:
+        repository["reference"] = branch
+    return data
+
+
+def origin_url(root: Path = ROOT) -> str:
+    """The URL of ``root``'s ``origin`` remote.
+
+    Raises:
+        SystemExit: there is none (say which URL with ``--repo``).
+    """
+    found = subprocess.run(
+        ["git", "-C", str(root), "remote", "get-url", "origin"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if found.returncode != 0 or not found.stdout.strip():
+        raise SystemExit(
+            f"error: {root} has no `origin` remote: say which repository Saturn should clone "
+            "with --repo URL (make saturn-recipes REPO=URL)"
+        )
+    return found.stdout.strip()
+
+
+def write_recipes(
+    out: Path, repo: str | None = None, branch: str = "main", root: Path = ROOT
+) -> list[Path]:
+    """Write the recipes for ``repo`` (default: ``root``'s origin) into ``out``, validated.
+
+    Raises:
+        SystemExit: no origin remote, or a URL Saturn cannot clone (the model's message).
+    """
+    from pydantic import ValidationError
+
+    repo = repo or origin_url(root)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in RECIPE_FILES:
+        data = render_recipe(json.loads((root / name).read_text()), repo, branch)
+        try:
+            parse_recipe(data)
+        except ValidationError as exc:
+            raise SystemExit(f"error: {name} for {repo}: {exc}") from None
+        (out / name).write_text(_dump(data))
+        written.append(out / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``write`` the recipes for a repository, or ``sync`` the templates' environment."""
+    parser = argparse.ArgumentParser(prog="saturn_recipes.py", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    write = commands.add_parser("write", help="write the recipes to paste into Saturn")
+    write.add_argument("--out", type=Path, default=ROOT / "build" / "saturn")
+    write.add_argument("--repo", help="git URL Saturn clones (default: this checkout's origin)")
+    write.add_argument("--branch", default="main", help="branch to check out (default: main)")
+    commands.add_parser("sync", help="copy environment.yml into the templates")
+    args = parser.parse_args(argv)
+    if args.command == "sync":
+        for path in sync_recipes():
+            print(f"updated {path.relative_to(ROOT)}", file=sys.stderr)
+        return
+    for path in write_recipes(args.out, args.repo, args.branch):
+        print(path)
+
+
 if __name__ == "__main__":
-    for changed_path in sync_recipes():
-        print(f"updated {changed_path.relative_to(ROOT)}", file=sys.stderr)
+    main()
