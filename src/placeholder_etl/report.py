@@ -151,7 +151,13 @@ def headline(manifest: Manifest) -> str:
         ("Duration", duration),
         ("Pages", pages),
         ("Retries", f"{manifest.retries:,} request retries"),
-        ("Cache hits", f"{manifest.cached_chunks:,} of {manifest.chunks:,} tasks from cache"),
+        (
+            "Cache hits",
+            (
+                f"{manifest.pages_reused:,} of {manifest.pages:,} pages reused, "
+                f"{manifest.cached_chunks:,} of {manifest.chunks:,} tasks from cache"
+            ),
+        ),
         ("Prefect flow run", f"`{manifest.flow_run_id or 'none'}`"),
     ]
     lines = [f"# Run report: {_when(manifest.started)}", "", "| | |", "| --- | --- |"]

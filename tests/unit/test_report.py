@@ -64,6 +64,8 @@ def _write(folder: Path, frames: dict[str, pd.DataFrame]) -> Manifest:
         chunks=8,
         cached_chunks=3,
         pages=12,
+        pages_fetched=9,
+        pages_reused=3,
         retries=2,
         workers=["tcp://127.0.0.1:40001", "tcp://127.0.0.1:40002"],
         contract=ContractSummary(records_checked={"users": 3}),
@@ -80,7 +82,7 @@ def test_the_headline_says_where_when_how_long_and_what(tmp_path) -> None:
         "| **Duration** | 2.8 s: counting 0.2 s, extracting 1.5 s, loading 0.5 s |",
         "| **Pages** | 12 in 8 tasks on 2 workers |",
         "| **Retries** | 2 request retries |",
-        "| **Cache hits** | 3 of 8 tasks from cache |",
+        "| **Cache hits** | 3 of 12 pages reused, 3 of 8 tasks from cache |",
         f"| photos | 1,234 | 4.9 KiB | `photos_{STAMP}.csv` |",
         "`0f0e0d0c-0000-4000-8000-000000000000`",
     ]:
