@@ -609,7 +609,7 @@ def command(ctx: Context, kind: str, api_url: str, out: Path) -> tuple[list[str]
         cmd = [str(PYTHON), str(PLAIN), "--api-url", api_url, "--output-dir", str(out / "o")]
         return cmd, ctx.base_env
     if kind == "flow":  # default settings; a fresh, empty cache dir: a cold cache
-        cmd = [tool("placeholder-etl"), "run", "--api-url", api_url, "--output-dir"]
+        cmd = [tool("placeholder-etl"), "run", "--verbose", "--api-url", api_url, "--output-dir"]
         cmd += [str(out / "o"), "--cache-dir", str(out / "cache")]
         return cmd, ctx.flow_env
     if kind == "dlt":  # a fresh pipelines dir under out/o: nothing kept from another run
@@ -864,7 +864,7 @@ def fixed_costs(ctx: Context, runs: int) -> list[FixedCost]:
     walls, peaks, phases = [], [], []
     for _ in range(runs):
         out = Path(tempfile.mkdtemp(prefix="bundled-", dir=ctx.work))
-        cmd = [tool("placeholder-etl"), "run", "--api-url", "bundled", "--output-dir"]
+        cmd = [tool("placeholder-etl"), "run", "--verbose", "--api-url", "bundled", "--output-dir"]
         cmd += [str(out / "o"), "--no-cache", "--cache-dir", str(out / "cache")]
         measured = measure(cmd, env, ctx.timeout, ctx.interval)
         if measured.returncode != 0:

@@ -162,6 +162,12 @@ def run(
     bundled_users: Annotated[
         int, typer.Option(min=1, help="Users the bundled server generates (--api-url bundled).")
     ] = 10,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only errors and where the output is.")
+    ] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Every log line of the flow and its tasks.")
+    ] = False,
     notify_webhook: Annotated[
         str | None,
         typer.Option(
@@ -191,7 +197,9 @@ def run(
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
-    raise typer.Exit(run_etl(settings, bundled_users=bundled_users if bundled else None))
+    verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
+    users = bundled_users if bundled else None
+    raise typer.Exit(run_etl(settings, bundled_users=users, verbosity=verbosity))
 
 
 @app.command("serve-api")

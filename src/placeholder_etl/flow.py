@@ -36,6 +36,7 @@ from placeholder_etl.core.settings import (
 from placeholder_etl.core.staging import ObjectStaging
 from placeholder_etl.core.store import Store
 from placeholder_etl.notify import notify_failure
+from placeholder_etl.progress import track
 from placeholder_etl.task_runner import ChosenAtStart
 from placeholder_etl.tasks import (
     assemble_tables_task,
@@ -114,6 +115,8 @@ def etl(
             "flow_host": "" if environment().ship_parts else socket.gethostname(),
         }
         futures = extract.map(chunks, **{k: unmapped(v) for k, v in chunk_args.items()})
+        planned = None if None in totals.values() else pipeline.total_pages(totals, fetch.page_size)
+        track(futures, pages, chunks, planned, chunk_args["keep_formulas"])
         wait(futures)  # on a failure, no task is left writing pages after this run ends
         results = futures.result()
         results = _received(extract, chunks, results, pages, chunk_args)

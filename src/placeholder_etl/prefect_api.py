@@ -31,6 +31,7 @@ def prefect_api() -> Iterator[str]:
     from prefect.server.api.server import SubprocessASGIServer
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no phoning home offline
+    os.environ.setdefault("DO_NOT_TRACK", "1")
     server = SubprocessASGIServer()
     # a first start creates the SQLite database: on a busy 2-core machine that can take
     # longer than Prefect's default 20 s wait

@@ -1,7 +1,9 @@
 """A run from the terminal: start the bundled API if asked, run the flow, print the result.
 
-What a person sees: the tables written, where they are, and on failure one line that says
-what went wrong and where.
+What a person sees: a progress bar (pages, rows, rate, ETA; plain lines when the output is
+not a terminal), warnings, then the tables written, where they are and the run in the
+Prefect UI — or one line that says what went wrong and where. ``verbose`` shows every log
+line of the flow and its tasks; ``quiet`` only errors and where the output is.
 """
 
 from __future__ import annotations
@@ -10,8 +12,16 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import Literal
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from placeholder_etl.core.errors import EtlError
@@ -21,19 +31,28 @@ from placeholder_etl.core.settings import RunSettings
 __all__ = ["run_etl"]
 
 
-def run_etl(settings: RunSettings, bundled_users: int | None = None) -> int:
+Verbosity = Literal["quiet", "normal", "verbose"]
+
+
+def run_etl(
+    settings: RunSettings, bundled_users: int | None = None, verbosity: Verbosity = "normal"
+) -> int:
     """Run :func:`placeholder_etl.flow.etl`; print the files written, or one line of error.
 
     Args:
         settings: the run's settings.
         bundled_users: start the bundled test API with this many users and run against it
             (``settings.api_url`` is replaced by its URL).
+        verbosity: ``quiet`` (errors and where the output is), ``normal`` (progress,
+            warnings, the result) or ``verbose`` (every log line too).
 
     Returns:
         The exit status: 0 on success, 1 when the run failed, 3 when the data was written
         but the report failed.
     """
-    console = Console(highlight=False, soft_wrap=True)
+    if verbosity != "verbose":  # read when Prefect sets up logging, in workers too
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+    console = Console(highlight=False, soft_wrap=True, quiet=verbosity == "quiet")
     with ExitStack() as stack:
         if bundled_users is not None:
             from placeholder_api.server import bundled_server
@@ -41,20 +60,27 @@ def run_etl(settings: RunSettings, bundled_users: int | None = None) -> int:
             url = stack.enter_context(bundled_server(users=bundled_users))
             settings = settings.model_copy(update={"api_url": url})
             console.print(f"bundled API server with {bundled_users} users at {url}")
+        from prefect.settings import get_current_settings
+
         from placeholder_etl.flow import etl
         from placeholder_etl.prefect_api import drain, prefect_api
 
+        server_running = bool(get_current_settings().api.url)  # else an ephemeral one, no UI
         try:
             with prefect_api(), _no_heartbeat_unless_asked():
                 try:
-                    result = etl(**settings.flow_parameters())
+                    with _progress_shown(console, verbosity):
+                        result = etl(**settings.flow_parameters())
                 finally:
                     drain()  # Prefect's queued logs and events go out before our last line
+                ui = _run_url(result.manifest.flow_run_id) if server_running else None
         except Exception as exc:  # noqa: BLE001 - the CLI's one place to report any failure
             sys.stdout.flush()
             print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
             return 1
-    _print_result(console, result)
+    _print_result(console, result, ui)
+    if verbosity == "quiet":
+        print(f"output: {result.output_dir}\nmanifest: {result.manifest_file}")
     if result.report_error:
         print(f"error: the data was written, but {result.report_error}", file=sys.stderr)
         return 3
@@ -87,7 +113,57 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _print_result(console: Console, result: RunResult) -> None:
+@contextmanager
+def _progress_shown(console: Console, verbosity: Verbosity) -> Iterator[None]:
+    """Show the run's progress: a bar on a terminal, a line every ~10 % otherwise."""
+    from placeholder_etl.progress import Snapshot, listening
+
+    if verbosity == "quiet":
+        yield
+        return
+    if not console.is_terminal:
+        shown = {"step": -1, "at": 0.0}
+
+        def line(snapshot: Snapshot) -> None:
+            step = int((snapshot.percent or 0) // 10)
+            if snapshot.final or step > shown["step"] or snapshot.seconds - shown["at"] >= 30:
+                shown.update(step=step, at=snapshot.seconds)
+                console.print(f"progress: {snapshot.line()}")
+
+        with listening(line):
+            yield
+        return
+    columns = (
+        TextColumn("pages"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task = bar.add_task("pages", total=None, rows=0, rate=0.0)
+
+        def update(snapshot: Snapshot) -> None:
+            done = {"completed": snapshot.pages, "rows": snapshot.rows, "rate": snapshot.rate}
+            bar.update(task, total=snapshot.total_pages, **done)
+
+        with listening(update):
+            yield
+
+
+def _run_url(flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI, when there is a UI to open."""
+    from prefect.utilities.urls import url_for
+
+    if flow_run_id is None:
+        return None
+    try:
+        return url_for("flow-run", obj_id=flow_run_id)
+    except Exception:  # noqa: BLE001 - no UI URL configured: say nothing
+        return None
+
+
+def _print_result(console: Console, result: RunResult, ui: str | None = None) -> None:
     manifest = result.manifest
     table = Table(title=f"placeholder-etl: {manifest.source}", title_justify="left")
     table.add_column("table")
@@ -97,10 +173,12 @@ def _print_result(console: Console, result: RunResult) -> None:
         table.add_row(name, info.file, f"{info.rows:,}")
     console.print(table)
     console.print(
-        f"{manifest.pages} pages, {manifest.retries} retries, "
-        f"{manifest.cached_chunks}/{manifest.chunks} tasks from cache, "
-        f"{manifest.timings.total_s:.2f} s; flow run {manifest.flow_run_id}"
+        f"{manifest.pages:,} pages ({manifest.pages_reused:,} reused), "
+        f"{manifest.retries} retries, {manifest.timings.total_s:.2f} s; "
+        f"flow run {manifest.flow_run_id}"
     )
+    if ui:
+        console.print(f"in the Prefect UI: {ui}")
     console.print(f"output: {result.output_dir}")
     if result.report_file:
         console.print(f"report: {result.report_file}")

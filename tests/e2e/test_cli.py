@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -184,6 +185,7 @@ def test_without_a_prefect_api_the_run_brings_its_own(tmp_path, monkeypatch, pro
     out = tmp_path / "out"
     result = run_cli(
         "run",
+        "--verbose",
         "--api-url",
         "bundled",
         "--bundled-users",
@@ -205,3 +207,30 @@ def test_without_a_prefect_api_the_run_brings_its_own(tmp_path, monkeypatch, pro
     assert started, result.stderr[-2000:]
     with socket.socket() as probe:  # stopped: nothing listens there any more
         assert probe.connect_ex(("127.0.0.1", int(started.group(2)))) != 0
+
+
+def test_the_run_the_cli_names_carries_its_artifacts_and_progress(tmp_path) -> None:
+    """The one flow run: the table and summary artifacts, and progress reaching 100."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    out = tmp_path / "out"
+    with make_server(users=300) as server:
+        result = run_cli(
+            *("run", "--api-url", server.url, "--page-size", "10", "--runner", "local"),
+            *("--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")),
+        )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("progress: 100% · 30/30 pages · 300 rows") for line in lines)
+    assert not [line for line in result.stderr.splitlines() if "Task run" in line]  # not verbose
+    (named,) = re.findall(r"flow run ([0-9a-f-]{36})", result.stdout)
+    (ui,) = [line for line in lines if line.startswith("in the Prefect UI: ")]
+    assert ui.endswith(f"/runs/flow-run/{named}")
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[named]))
+        )
+    by_key = {a.key: a for a in artifacts}
+    assert {"placeholder-etl-tables", "placeholder-etl-summary"} <= set(by_key)
+    assert by_key["placeholder-etl-progress"].data == 100.0

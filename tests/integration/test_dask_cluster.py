@@ -141,7 +141,8 @@ def test_tasks_run_on_the_external_workers_and_match_a_local_run(api, tmp_path, 
 def test_the_cli_takes_the_scheduler_from_the_environment(api, tmp_path, cluster) -> None:
     address, workers = cluster
     result = run_cli(
-        *("run", "--api-url", api.url, "--output-dir", str(tmp_path / "out"), "--no-cache"),
+        *("run", "--verbose", "--api-url", api.url, "--output-dir", str(tmp_path / "out")),
+        "--no-cache",
         env={"DASK_SCHEDULER_ADDRESS": address},
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -32,6 +32,7 @@ def test_a_failing_run_posts_one_message(tmp_path, webhook) -> None:
     with make_server(users=30, fault="malformed", fault_page=2) as server:
         result = run_cli(
             "run",
+            "--verbose",
             "--api-url",
             server.url,
             "--runner",
@@ -66,6 +67,7 @@ def test_a_successful_run_sends_nothing(tmp_path, webhook) -> None:
     with make_server(users=5) as server:
         result = run_cli(
             "run",
+            "--verbose",
             "--api-url",
             server.url,
             "--runner",
@@ -86,6 +88,7 @@ def test_an_undeliverable_notification_does_not_hide_the_error(tmp_path) -> None
         with make_server(users=5, fault="drift") as server:
             result = run_cli(
                 "run",
+                "--verbose",
                 "--api-url",
                 server.url,
                 "--runner",
@@ -128,6 +131,7 @@ def test_secrets_never_reach_logs_manifests_artifacts_or_reports(tmp_path, webho
     with make_server(users=5) as server:
         result = run_cli(
             "run",
+            "--verbose",
             "--api-url",
             server.url,
             "--runner",

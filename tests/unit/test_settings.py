@@ -77,6 +77,10 @@ def test_cli_options_are_the_settings_fields() -> None:
     assert {o for o in cli_only if not o.startswith("--no-")} == {
         "--bundled-users",
         "--notify-webhook",
+        "--quiet",
+        "--verbose",
+        "-q",
+        "-v",
     }
 
 

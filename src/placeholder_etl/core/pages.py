@@ -24,7 +24,7 @@ from placeholder_etl.core.resources import TABLES
 from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
 
-__all__ = ["Done", "PageBook", "expire"]
+__all__ = ["Done", "PageBook", "count_done", "expire"]
 
 _ORDERED = {"o": True, "u": False}
 
@@ -125,3 +125,27 @@ def expire(store: Store, max_age: float) -> list[str]:
             store.remove(folder, recursive=True)
             removed.append(store.url_of(folder))
     return removed
+
+
+def count_done(
+    store: Store, specs: list[ChunkSpec], keep_formulas: bool, max_age: float | None = None
+) -> tuple[int, int]:
+    """Pages of ``specs`` checkpointed so far, and the rows they hold (for progress).
+
+    One listing per resource folder, whoever wrote the pages (this process, Dask workers,
+    another machine writing to the same store).
+    """
+    books: dict[str, tuple[PageBook, list[ChunkSpec]]] = {}
+    for spec in specs:
+        book = PageBook.of(store, spec, keep_formulas)
+        books.setdefault(book.folder, (book, []))[1].append(spec)
+    pages = rows = 0
+    for book, planned in books.values():
+        for number, done in book.done(max_age).items():
+            if any(
+                number >= s.first_page and (s.last_page is None or number <= s.last_page)
+                for s in planned
+            ):
+                pages += 1
+                rows += done.rows
+    return pages, rows

@@ -1,0 +1,136 @@
+"""How far a run is: pages and rows done, rate, ETA — on the flow run and in a terminal.
+
+While the chunk tasks run, the flow counts the page checkpoints written so far (one listing
+per resource, wherever the pages are: this process, Dask workers, an object store) and
+reports a :class:`Snapshot` about once a second: to a Prefect progress artifact on the flow
+run (``placeholder-etl-progress``, reaching 100 when the pages are all in), and to every
+listener registered with :func:`listening` (the command line's progress bar).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from placeholder_etl.core.pages import count_done
+from placeholder_etl.core.results import ChunkSpec
+from placeholder_etl.core.store import Store
+
+__all__ = ["Snapshot", "listening", "track"]
+
+ARTIFACT_KEY = "placeholder-etl-progress"
+_listeners: list[Callable[[Snapshot], None]] = []
+_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Progress at one moment.
+
+    Attributes:
+        pages, total_pages: pages done, and planned (None: the API sent no totals).
+        rows: rows in the pages done.
+        seconds: since the pages started.
+        final: the last snapshot of the run's pages.
+    """
+
+    pages: int
+    total_pages: int | None
+    rows: int
+    seconds: float
+    final: bool = False
+
+    @property
+    def percent(self) -> float | None:
+        """Pages done in percent (None when the total is unknown)."""
+        if not self.total_pages:
+            return 100.0 if self.final else None
+        return min(100.0, 100.0 * self.pages / self.total_pages)
+
+    @property
+    def rate(self) -> float:
+        """Rows per second so far."""
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far (None: unknown)."""
+        if not self.total_pages or not self.pages or self.final:
+            return None
+        return self.seconds * (self.total_pages - self.pages) / self.pages
+
+    def line(self) -> str:
+        """One plain line: ``40% · 400/1,000 pages · 400,000 rows · 80,000 rows/s · ETA 8 s``."""
+        total = f"/{self.total_pages:,}" if self.total_pages else ""
+        parts = [f"{self.pages:,}{total} pages", f"{self.rows:,} rows", f"{self.rate:,.0f} rows/s"]
+        if self.percent is not None:
+            parts.insert(0, f"{self.percent:.0f}%")
+        if self.eta is not None:
+            parts.append(f"ETA {self.eta:,.0f} s")
+        return " · ".join(parts)
+
+
+@contextmanager
+def listening(listener: Callable[[Snapshot], None]) -> Iterator[None]:
+    """Call ``listener`` with every snapshot of the runs in this process, inside the block."""
+    with _lock:
+        _listeners.append(listener)
+    try:
+        yield
+    finally:
+        with _lock:
+            _listeners.remove(listener)
+
+
+def _tell(snapshot: Snapshot) -> None:
+    with _lock:
+        listeners = list(_listeners)
+    for listener in listeners:
+        listener(snapshot)
+
+
+def track(
+    futures: Any,
+    cache: Store,
+    chunks: list[ChunkSpec],
+    total_pages: int | None,
+    keep_formulas: bool,
+    interval: float = 1.0,
+) -> None:
+    """Report progress until every future in ``futures`` is done (it does not raise).
+
+    Updates the flow run's progress artifact at most every ``2 * interval`` seconds, and the
+    listeners every ``interval`` seconds.
+    """
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    started = time.monotonic()
+    artifact = create_progress_artifact(
+        0.0, key=ARTIFACT_KEY, description="Pages fetched, checked and written"
+    )
+    last_artifact = 0.0
+
+    def snapshot(final: bool = False) -> Snapshot:
+        pages, rows = count_done(cache, chunks, keep_formulas)
+        return Snapshot(pages, total_pages, rows, time.monotonic() - started, final)
+
+    while not all(_done(future) for future in futures):
+        time.sleep(interval)
+        now = snapshot()
+        _tell(now)
+        if now.percent is not None and time.monotonic() - last_artifact >= 2 * interval:
+            update_progress_artifact(artifact, now.percent)
+            last_artifact = time.monotonic()
+    final = snapshot(final=True)
+    _tell(final)
+    update_progress_artifact(artifact, 100.0 if final.percent is None else final.percent)
+
+
+def _done(future: Any) -> bool:
+    """Whether a Prefect future is done, asking its executor, not the Prefect API."""
+    wrapped = getattr(future, "wrapped_future", None)
+    return wrapped.done() if wrapped is not None else future.state.is_final()
