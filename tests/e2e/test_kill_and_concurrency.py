@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
@@ -18,54 +16,63 @@ from tests.helpers import kill_group, run_cli, snapshot
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
 
-def test_a_killed_run_loses_nothing_and_the_rerun_reuses_its_pages(tmp_path) -> None:
+USERS, PAGE, IN_FLIGHT, TASKS = 300_000, 1000, 4, 2
+
+
+def test_a_killed_run_resumes_at_page_granularity(tmp_path) -> None:
+    """SIGKILL about half way through 300,000 users: nothing under a final name, and the rerun
+    fetches only what had not been served before the kill plus what was in flight."""
     out, cache = tmp_path / "out", tmp_path / "cache"
     out.mkdir()
     (out / "users_20200101T000000Z.csv").write_text("ID,Name\n1,previous good run\n")
     before = snapshot(out)
-    storage = Path(os.environ["PREFECT_HOME"]) / "storage"  # Prefect's cache records
-    records_before = len(list(storage.glob("*"))) if storage.exists() else 0
     args = [
         *(sys.executable, "-m", "placeholder_etl", "run", "--runner", "local"),
-        *("--output-dir", str(out), "--cache-dir", str(cache), "--page-size", "100"),
-        *("--pages-per-task", "10", "--in-flight", "2", "--dask-threads", "2"),
+        *("--output-dir", str(out), "--cache-dir", str(cache), "--page-size", str(PAGE)),
+        *("--in-flight", str(IN_FLIGHT), "--dask-workers", "1", "--dask-threads", str(TASKS)),
     ]
-    with make_server(users=20_000, latency=0.05) as server:
+    pages = USERS // PAGE
+    with make_server(users=USERS, latency=0.05) as server:
         run = subprocess.Popen(
             [*args, "--api-url", server.url],
             start_new_session=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 120
-        # four chunks cached (and the count), and chunks in flight writing temporary parts
-        while len(list(storage.glob("*"))) < records_before + 5 or not list(cache.rglob(".*.tmp")):
+        deadline = time.monotonic() + 300
+        while len(server.stats()["pages"].get("users", {})) < pages // 2:
             assert time.monotonic() < deadline, "the run made no progress"
             assert run.poll() is None, "the run ended before it could be killed"
-            time.sleep(0.05)
-        temps_at_kill = list(cache.rglob(".*.tmp"))
+            time.sleep(0.02)
         kill_group(run)
-        fetched_before_kill = server.stats()["requests"]
+        served = set(server.stats()["pages"]["users"])
         assert snapshot(out) == before  # nothing new under a final name, old file untouched
-        assert all(p.exists() for p in temps_at_kill)  # the kill left its temporaries
+        temps_at_kill = list(cache.rglob(".*.tmp"))
 
         server.reset_stats()
         rerun = subprocess.run(
             [*args, "--api-url", server.url],
             capture_output=True,
             text=True,
-            timeout=300,
+            timeout=600,
             check=False,
         )
         assert rerun.returncode == 0, rerun.stderr[-3000:]
-        refetched = server.stats()["requests"]
-    new = [p for p in out.glob("users_2*.csv") if p.name != "users_20200101T000000Z.csv"]
-    assert len(new) == 1
-    assert len(new[0].read_text().splitlines()) == 20_001
+        refetched = set(server.stats()["pages"]["users"])
+    unserved = pages - len(served)
+    print(f"served before the kill: {len(served)} of {pages} pages; rerun fetched {len(refetched)}")
+    in_flight = TASKS * IN_FLIGHT
+    assert len(refetched) <= unserved + in_flight, (len(served), len(refetched))
+    assert refetched >= set(map(str, range(1, pages + 1))) - served  # what was never served
+    (new,) = [p for p in out.glob("users_2*.csv") if p.name != "users_20200101T000000Z.csv"]
+    ids = [int(line.split(",", 1)[0]) for line in new.read_text().splitlines()[1:]]
+    assert ids == list(range(1, USERS + 1))  # every row, once, in order
+    manifest = json.loads(next(out.glob("manifest_2*.json")).read_text())
+    assert manifest["pages_reused"] >= len(served) - in_flight
+    assert "1" in served  # so the rerun's request for page 1 is its count (_limit=1) only
+    assert manifest["pages_fetched"] == len(refetched - {"1"})
     assert (out / "users_20200101T000000Z.csv").read_text() == "ID,Name\n1,previous good run\n"
-    assert refetched <= 200 - 40, (fetched_before_kill, refetched)  # 4 chunks from the cache
-    assert fetched_before_kill > 40
-    assert not any(p.exists() for p in temps_at_kill)  # the rerun removed them
+    assert not any(p.exists() for p in temps_at_kill)  # the rerun removed the kill's leftovers
     assert not list(out.glob(".*.tmp"))
     assert not list(cache.rglob(".*.tmp"))
 
