@@ -199,7 +199,8 @@ def test_workers_on_other_machines_ship_their_parts_back(api, tmp_path, cluster,
 
 
 def test_a_worker_killed_mid_run_loses_no_rows(tmp_path) -> None:
-    """SIGKILL one of two workers while it runs a task: Dask reruns that task on the other."""
+    """SIGKILL one of two workers while it runs a task: Dask reruns that task on the other,
+    which fetches only the pages that were not checkpointed yet."""
     address, processes = start_cluster(tmp_path, workers=2)
     scheduler, victim = processes[0], processes[1]
     try:
@@ -236,7 +237,10 @@ def test_a_worker_killed_mid_run_loses_no_rows(tmp_path) -> None:
             pages = server.stats()["pages"]["users"]
         assert held, "the victim never held a task"
         assert victim.poll() is not None
-        assert max(pages.values()) >= 2, "no chunk ran twice"  # its task ran again elsewhere
+        # its task ran again on the other worker, reusing the pages it had finished: only
+        # the pages it had in flight (2) were fetched twice (page 1 is also the count)
+        twice = [n for n, hits in pages.items() if hits > 1 and n != "1"]
+        assert len(twice) <= 2, twice
         users = (tmp_path / "out" / manifest.tables["users"].file).read_text()
         ids = [int(line.split(",", 1)[0]) for line in users.splitlines()[1:]]
         assert ids == list(range(1, 3001))  # every row, once, in order
