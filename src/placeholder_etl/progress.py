@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,8 +118,7 @@ def track(
         pages, rows = count_done(cache, chunks, keep_formulas)
         return Snapshot(pages, total_pages, rows, time.monotonic() - started, final)
 
-    while not all(_done(future) for future in futures):
-        time.sleep(interval)
+    while not _wait(futures, interval):
         now = snapshot()
         _tell(now)
         if now.percent is not None and time.monotonic() - last_artifact >= 2 * interval:
@@ -130,7 +129,18 @@ def track(
     update_progress_artifact(artifact, 100.0 if final.percent is None else final.percent)
 
 
-def _done(future: Any) -> bool:
-    """Whether a Prefect future is done, asking its executor, not the Prefect API."""
-    wrapped = getattr(future, "wrapped_future", None)
-    return wrapped.done() if wrapped is not None else future.state.is_final()
+def _wait(futures: Any, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for every future; whether they are all done.
+
+    Asks the executor (a thread pool or Dask), not the Prefect API.
+    """
+    deadline = time.monotonic() + timeout
+    for future in futures:
+        wrapped = future.wrapped_future
+        left = max(0.0, deadline - time.monotonic())
+        if left:
+            with suppress(Exception):  # timed out, or failed: a failure is the flow's to report
+                wrapped.result(timeout=left)
+        if not wrapped.done():
+            return False
+    return True

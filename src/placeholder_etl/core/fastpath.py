@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import struct
 from dataclasses import dataclass
 
@@ -47,6 +48,12 @@ import pyarrow.json as pj
 from placeholder_etl.core.resources import TABLES
 
 __all__ = ["PageTables", "page_tables"]
+
+# Arrow's default allocator (mimalloc) keeps what pages freed: a 100,000-user run peaked at
+# ~500 MiB with it, ~260 MiB with the system allocator at the same speed. An explicit
+# ARROW_DEFAULT_MEMORY_POOL still wins.
+if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+    pa.set_memory_pool(pa.system_memory_pool())
 
 _S = pa.string()
 _I = pa.int64()
