@@ -199,7 +199,13 @@ def run(
         raise typer.Exit(2) from None
     verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
     users = bundled_users if bundled else None
-    raise typer.Exit(run_etl(settings, bundled_users=users, verbosity=verbosity))
+    code = run_etl(settings, bundled_users=users, verbosity=verbosity)
+    # Everything is written, closed and sent (run_etl drains Prefect's logs and events, and
+    # stops its servers and cluster): skip the interpreter's teardown of the modules Prefect
+    # and Dask loaded, ~0.6 s of every run.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @app.command("serve-api")

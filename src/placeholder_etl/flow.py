@@ -9,6 +9,7 @@ log and artifact.
 from __future__ import annotations
 
 import socket
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -20,7 +21,7 @@ from prefect.futures import wait
 from prefect.runtime import flow_run
 
 from placeholder_etl.cluster import check_workers, cluster_threads, make_task_runner
-from placeholder_etl.core import pipeline
+from placeholder_etl.core import fastpath, pipeline
 from placeholder_etl.core.resources import resolve_resources
 from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, Timings
 from placeholder_etl.core.settings import (
@@ -89,6 +90,7 @@ def etl(
     for leftover in pipeline.remove_leftovers(staging, cache, max_age):
         logger.info("removed %s left by an earlier run", leftover)
     options = task_options(fetch)
+    threading.Thread(target=_warm_up, args=(cluster,), daemon=True).start()  # while counting
 
     totals = count_records_task.with_options(**options)(api_url, names, fetch.client, fetch.paging)
     counted = time.perf_counter()
@@ -174,6 +176,13 @@ def _received(
             fresh = extract.with_options(refresh_cache=True)(spec, **args)
             received[i] = pipeline.receive_parts(fresh, cache)
     return received
+
+
+def _warm_up(cluster: ClusterSettings) -> None:
+    """Pay one-time costs in the background: Arrow's first page, Dask's import."""
+    fastpath.warm_up()
+    if cluster.runner == "dask":
+        import prefect_dask  # noqa: F401
 
 
 def _start_task_runner(cluster: ClusterSettings, totals: dict[str, int | None]) -> int:
