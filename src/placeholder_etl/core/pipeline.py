@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from placeholder_etl.core import pages
-from placeholder_etl.core.client import ApiClient, RawPage, ordered_map, pages_for
+from placeholder_etl.core.client import ApiClient, InFlight, RawPage, ordered_map, pages_for
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import PageTables, page_tables
 from placeholder_etl.core.pages import Done, PageBook
@@ -40,7 +40,7 @@ from placeholder_etl.core.results import (
     Timings,
 )
 from placeholder_etl.core.rows import csv_rows, flat_rows, seed_row
-from placeholder_etl.core.settings import ClientSettings, Paging
+from placeholder_etl.core.settings import ClientSettings, Paging, local_slots
 from placeholder_etl.core.staging import (
     ObjectStaging,
     Staging,
@@ -300,15 +300,20 @@ def extract_chunk(
     ordered = True
     numbers: list[int] = []
     with long_lived_objects_frozen(), ApiClient(spec.api_url, client) as api:
+        window = InFlight(cap=in_flight, cores=local_slots())
 
         def fetch(number: int) -> tuple[Done, int]:
             """In a fetch thread: fetch, check, render and write one page (or reuse it)."""
             if number in done:
                 return done[number], -1
+            asked = time.perf_counter()
             raw = api.get_page(spec.resource, number, spec.page_size, spec.paging)
-            return book.write(number, render_page(raw, keep_formulas)), raw.retries
+            got = time.perf_counter()
+            page = book.write(number, render_page(raw, keep_formulas))
+            window.record(got - asked, time.perf_counter() - got)
+            return page, raw.retries
 
-        for page, retries in ordered_map(fetch, _page_numbers(spec), in_flight):
+        for page, retries in ordered_map(fetch, _page_numbers(spec), window):
             numbers.append(page.number)
             counts["pages"] += 1
             counts["reused" if retries < 0 else "retries"] += 1 if retries < 0 else retries

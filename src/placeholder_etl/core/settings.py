@@ -91,7 +91,11 @@ class FetchSettings(_Group):
         description="Pages one task fetches (default: about two tasks per worker thread).",
     )
     in_flight: int = Field(
-        16, ge=1, le=256, description="Requests in flight per task (and connections pooled)."
+        16,
+        ge=1,
+        le=256,
+        description="Most requests in flight per task (a real API's limit); fewer while pages "
+        "are CPU-bound, so they do not contend for the cores.",
     )
     request_timeout: float = Field(10.0, gt=0, le=3600, description="Seconds per request.")
     request_retries: int = Field(3, ge=0, le=20, description="Retries per request.")

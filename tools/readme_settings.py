@@ -1,0 +1,84 @@
+"""Write README.md's configuration table from the settings models (one source of truth).
+
+    .venv/bin/python tools/readme_settings.py          # rewrite the table in README.md
+    .venv/bin/python tools/readme_settings.py --check  # exit 1 if it is out of date
+
+``tests/unit/test_readme.py`` runs the check: a setting added, renamed or re-defaulted in
+``placeholder_etl.core.settings`` fails the tests until the README says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from placeholder_etl.cli import ENV_DEFAULTS
+from placeholder_etl.core.settings import RunSettings
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+START = "<!-- settings:start (tools/readme_settings.py writes this table) -->"
+END = "<!-- settings:end -->"
+
+
+def _default(name: str, field) -> str:
+    default = field.get_default()
+    if default is None:
+        return "–"
+    if isinstance(default, bool):
+        return "on" if default else "off"
+    return f"`{default}`"
+
+
+def table() -> str:
+    """The configuration table: CLI option, flow parameter, env variable, default, meaning."""
+    rows = [
+        "| CLI option | flow parameter | env variable | default | meaning |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, field in RunSettings.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            for sub, subfield in annotation.model_fields.items():
+                rows.append(_row(sub, f"{name}.{sub}", subfield))
+        else:
+            rows.append(_row(name, name, field))
+    return "\n".join(rows)
+
+
+def _row(name: str, parameter: str, field) -> str:
+    option = "--" + name.replace("_", "-")
+    if field.annotation in (bool, bool | None):
+        option += f"/--no-{name.replace('_', '-')}"
+    env = f"`{ENV_DEFAULTS[name]}`" if name in ENV_DEFAULTS else "–"
+    meaning = (field.description or "").replace("|", "\\|")
+    return f"| `{option}` | `{parameter}` | {env} | {_default(name, field)} | {meaning} |"
+
+
+def rewritten(text: str) -> str:
+    """``text`` (the README) with the table between the markers replaced."""
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    return f"{head}{START}\n{table()}\n{END}{tail}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
+    args = parser.parse_args()
+    text = README.read_text()
+    new = rewritten(text)
+    if args.check:
+        if new != text:
+            print("README.md's configuration table is out of date:", file=sys.stderr)
+            print("run .venv/bin/python tools/readme_settings.py", file=sys.stderr)
+            return 1
+        return 0
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
