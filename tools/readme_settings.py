@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from placeholder_etl.cli import ENV_DEFAULTS
 from placeholder_etl.core.settings import RunSettings
 
+NONE = "\u2013"  # an en dash: the README tables' "not set"
 README = Path(__file__).resolve().parents[1] / "README.md"
 START = "<!-- settings:start (tools/readme_settings.py writes this table) -->"
 END = "<!-- settings:end -->"
@@ -26,7 +27,7 @@ END = "<!-- settings:end -->"
 def _default(name: str, field) -> str:
     default = field.get_default()
     if default is None:
-        return "–"
+        return NONE
     if isinstance(default, bool):
         return "on" if default else "off"
     return f"`{default}`"
@@ -52,7 +53,7 @@ def _row(name: str, parameter: str, field) -> str:
     option = "--" + name.replace("_", "-")
     if field.annotation in (bool, bool | None):
         option += f"/--no-{name.replace('_', '-')}"
-    env = f"`{ENV_DEFAULTS[name]}`" if name in ENV_DEFAULTS else "–"
+    env = f"`{ENV_DEFAULTS[name]}`" if name in ENV_DEFAULTS else NONE
     meaning = (field.description or "").replace("|", "\\|")
     return f"| `{option}` | `{parameter}` | {env} | {_default(name, field)} | {meaning} |"
 
