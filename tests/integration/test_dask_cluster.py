@@ -176,26 +176,27 @@ def test_workers_that_cannot_run_the_tasks_are_refused_clearly(
 
 
 def test_workers_on_other_machines_ship_their_parts_back(api, tmp_path, cluster, monkeypatch):
-    """Workers that share no disk with the flow return their part files in the result.
-
-    Shipped parts arrive under ``parts/received``, a folder only shipping writes, and the
-    workers keep no copy, so without shipping the flow would find no parts at all.
-    """
+    """Workers that share no disk with the flow return their rows in the result; the flow
+    writes them under ``<cache>/received``, a folder only shipping writes, and the tables
+    come from there: with every page file gone, a cached rerun still writes the same tables
+    without fetching a page."""
     address, _ = cluster
     cache = tmp_path / "cache"
     monkeypatch.setenv("PLACEHOLDER_ETL_SHIP_PARTS", "1")  # every worker counts as remote
-    common = {"page_size": 5, "pages_per_task": 2}
-    shipped = run_flow(
-        api.url, tmp_path / "dask", cache, runner="dask", dask_address=address, **common
-    ).manifest
-    monkeypatch.delenv("PLACEHOLDER_ETL_SHIP_PARTS")
-    local = run_flow(api.url, tmp_path / "local", tmp_path / "other", cache=False, **common)
-    received = sorted((cache / "parts" / "received").rglob("*.csv"))
+    common = {"page_size": 5, "pages_per_task": 2, "runner": "dask", "dask_address": address}
+    shipped = run_flow(api.url, tmp_path / "dask", cache, **common).manifest
+    received = sorted((cache / "received").rglob("*.csv"))
     assert len(received) == 2 * shipped.chunks  # users and users_flat of every chunk
-    left_on_workers = [p for p in (cache / "parts").rglob("*.csv") if "received" not in p.parts]
-    assert left_on_workers == []
-    assert shipped.tables["users"].sha256 == local.manifest.tables["users"].sha256
-    assert shipped.tables["users_flat"].sha256 == local.manifest.tables["users_flat"].sha256
+    for page in [p for p in (cache / "pages").rglob("*") if p.is_file()]:
+        page.unlink()
+    api.reset_stats()
+    again = run_flow(api.url, tmp_path / "again", cache, **common).manifest
+    assert api.stats()["requests"] == 1  # the count: the rows came from what was shipped
+    assert again.cached_chunks == again.chunks
+    local = run_flow(api.url, tmp_path / "local", tmp_path / "other", cache=False, page_size=5)
+    for table in ("users", "users_flat"):
+        assert shipped.tables[table].sha256 == local.manifest.tables[table].sha256
+        assert again.tables[table].sha256 == local.manifest.tables[table].sha256
 
 
 def test_a_worker_killed_mid_run_loses_no_rows(tmp_path) -> None:
