@@ -7,6 +7,7 @@ import logging
 import pandas as pd
 import pytest
 
+from placeholder_api.fakedata import make_record
 from placeholder_api.server import make_server
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.redact import redact_url
@@ -27,14 +28,23 @@ def seed_table(tmp_path, manifest) -> pd.DataFrame:
 
 
 def test_duplicate_ids_across_pages_are_dropped(tmp_path, caplog) -> None:
+    """The first occurrence wins: the repeat (on the next page) carries a changed name."""
     caplog.set_level(logging.WARNING)
     with make_server(users=25, fault="dup-ids") as server:
-        manifest = run(server, tmp_path)
+        manifest = run(server, tmp_path, resources="users,posts")
     users = seed_table(tmp_path, manifest)
     assert users["ID"].astype(int).tolist() == list(range(1, 26))
     assert manifest.tables["users"].rows == 25
     assert manifest.tables["users_flat"].rows == 25
     assert "ids out of order or repeated" in caplog.text
+    # ids 10 and 20 came twice (pages 1 and 2, 2 and 3): the first, unchanged, copy is kept
+    expected = {user_id: make_record("users", user_id, 0)["name"] for user_id in range(1, 26)}
+    assert dict(zip(users["ID"].astype(int), users["Name"], strict=True)) == expected
+    flat = pd.read_csv(tmp_path / "out" / manifest.tables["users_flat"].file)
+    assert flat["name"].tolist() == list(expected.values())
+    posts = pd.read_csv(tmp_path / "out" / manifest.tables["posts"].file)
+    assert posts["id"].tolist() == list(range(1, 251))
+    assert not posts["title"].str.endswith(" (repeated)").any()
 
 
 @pytest.mark.parametrize(
