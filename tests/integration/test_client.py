@@ -11,6 +11,7 @@ from placeholder_api.server import make_server
 from placeholder_etl.core.client import ApiClient, ordered_map
 from placeholder_etl.core.errors import ContractError, PermanentError, TransientError
 from placeholder_etl.core.settings import ClientSettings
+from tests.helpers import gaps_by_url
 
 FAST = ClientSettings(timeout=2, retries=3, backoff=0.01)
 
@@ -77,6 +78,25 @@ def test_retry_after_is_capped() -> None:
         started = time.perf_counter()
         c.fetch_page("users", 1, 10)
         assert time.perf_counter() - started < 5
+
+
+def test_request_retries_back_off_exponentially_with_jitter() -> None:
+    """urllib3's backoff as the server sees it: the first retry at once, then factor x 2,
+    factor x 4, each plus a random jitter of up to factor / 2."""
+    settings = ClientSettings(timeout=5, retries=3, backoff=0.4, pool_size=6)
+    with make_server(users=60, fault="5xx:3") as server, ApiClient(server.url, settings) as c:
+        pages = list(ordered_map(lambda n: c.fetch_page("users", n, 10), range(1, 7), 6))
+        log = server.log()
+    assert [p.retries for p in pages] == [3] * 6
+    gaps = gaps_by_url(log)
+    assert len(gaps) == 6
+    jitters = []
+    for path, (first, second, third) in gaps.items():
+        assert first < 0.15, path
+        assert 0.8 <= second < 0.8 + 0.2 + 0.15, (path, second)
+        assert 1.6 <= third < 1.6 + 0.2 + 0.15, (path, third)
+        jitters += [second - 0.8, third - 1.6]
+    assert max(jitters) - min(jitters) > 0.05, jitters  # random, not a fixed delay
 
 
 def test_persistent_5xx_is_transient_after_retries() -> None:
