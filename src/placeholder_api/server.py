@@ -87,6 +87,7 @@ FAULT_MODES: dict[str, str] = {
     "bad-total": "bad-total: X-Total-Count is not a number ('NaN')",
     "dup-ids": "dup-ids: every page but the first starts with the previous page's last record, "
     "its first text field ending in ' (repeated)'",
+    "reverse": "reverse: every page's records in descending id order",
     "total-lie": "total-lie[:N] (default 5): X-Total-Count claims N more records than exist",
     "shrink": "shrink: pages after the first hold half their records (data shrinking mid-run)",
     "huge": "huge[:BYTES] (default 1000000): each record's first text field is BYTES long",
@@ -115,6 +116,7 @@ _BODY_FAULTS = frozenset(
         "bad-total",
         "not-a-list",
         "dup-ids",
+        "reverse",
         "total-lie",
         "shrink",
         "huge",
@@ -1010,7 +1012,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_body(response.status, body, JSON_TYPE, headers)
 
     def _hostile(self, plan: FaultPlan, resource: str, records: list[Record]) -> list[Record]:
-        """Odd but well-formed data: duplicates, shrinking pages, huge or formula-like text."""
+        """Odd but well-formed data: duplicates, unordered or shrinking pages, huge or
+        formula-like text."""
         first_id = records[0].get("id")
         if plan.mode == "dup-ids":
             if isinstance(first_id, int) and first_id > 1 and len(records) > 1:
@@ -1018,6 +1021,8 @@ class _Handler(BaseHTTPRequestHandler):
                 text_key = next(k for k, v in repeated.items() if isinstance(v, str))
                 repeated[text_key] += " (repeated)"  # first and last occurrence differ
                 return [repeated, *records]
+        elif plan.mode == "reverse":
+            return records[::-1]
         elif plan.mode == "shrink":
             if first_id != 1:
                 return records[: len(records) // 2]

@@ -114,6 +114,8 @@ def test_persistent_5xx_is_transient_after_retries() -> None:
         ("bad-utf8", PermanentError, "response is not valid UTF-8 JSON"),
         ("drift", ContractError, "record id=1 field email: missing"),
         ("drift-type", ContractError, "record id='1' field id: input should be a valid integer"),
+        ("not-a-list", PermanentError, "response is not a JSON list (got dict)"),
+        ("4xx:410", PermanentError, "HTTP 410 Gone"),
         ("reset", TransientError, "connection failed"),
     ],
 )
@@ -146,6 +148,13 @@ def test_a_server_that_never_answers_times_out() -> None:
 def test_other_4xx_is_permanent(api) -> None:
     with ApiClient(api.url, FAST) as client, pytest.raises(PermanentError, match="HTTP 404"):
         client.fetch_page("nonsense", 1, 10)
+
+
+def test_a_total_that_is_not_a_number_is_refused() -> None:
+    with make_server(users=5, fault="bad-total") as server, ApiClient(server.url, FAST) as c:
+        with pytest.raises(PermanentError, match=r"X-Total-Count is not a number \('NaN'\)"):
+            c.count("users", 10)
+        assert server.stats()["requests"] == 1
 
 
 def test_empty_users_list_is_refused() -> None:

@@ -47,6 +47,18 @@ def test_duplicate_ids_across_pages_are_dropped(tmp_path, caplog) -> None:
     assert not posts["title"].str.endswith(" (repeated)").any()
 
 
+def test_pages_out_of_order_are_sorted_by_id(tmp_path) -> None:
+    """Every page comes last id first: each table is still one row per record in id order."""
+    with make_server(users=25, fault="reverse") as server:
+        manifest = run(server, tmp_path, resources="users,todos")
+    out = tmp_path / "out"
+    assert seed_table(tmp_path, manifest)["ID"].astype(int).tolist() == list(range(1, 26))
+    for table, rows in (("users_flat", 25), ("todos", 500)):
+        frame = pd.read_csv(out / manifest.tables[table].file)
+        assert frame["id"].tolist() == list(range(1, rows + 1)), table
+        assert manifest.tables[table].rows == rows
+
+
 @pytest.mark.parametrize(
     ("fault", "held"), [("total-lie:3", "held 25 distinct"), ("shrink", "held 17 distinct")]
 )

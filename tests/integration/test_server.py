@@ -477,6 +477,12 @@ def test_not_a_list_wraps_the_records_in_an_object(http: requests.Session) -> No
         assert body == {"data": make_records("users", 3, 4, 0), "total": "3"}
 
 
+def test_reverse_serves_each_page_in_descending_id_order(http: requests.Session) -> None:
+    """reverse: the right records on each page, last id first."""
+    with fault_server("reverse") as server:
+        assert ids(get(http, server, "/posts?_page=2&_limit=4")) == [8, 7, 6, 5]
+
+
 def test_bad_total_is_not_a_number(http: requests.Session) -> None:
     """bad-total: the records are right, X-Total-Count is 'NaN'."""
     with fault_server("bad-total") as server:
