@@ -62,9 +62,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def prefect_api_url() -> Iterator[str]:
     """A real Prefect API server (SQLite) for the whole session, also exported to children."""
+    from prefect.logging.configuration import ensure_logging_setup
     from prefect.settings import get_current_settings
     from prefect.testing.utilities import prefect_test_harness
 
+    # Prefect configures logging once per process, at its first run, replacing the root
+    # logger's handlers: done here, before a test's call phase, so caplog sees every run.
+    ensure_logging_setup()
     with prefect_test_harness(server_startup_timeout=120):
         url = get_current_settings().api.url
         assert url, "the Prefect test harness did not set an API URL"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -18,8 +19,10 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None):
-    """Run ``placeholder-etl ARGS`` in a subprocess of its own process group.
+def run_cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None, cwd: Path | None = None
+):
+    """Run ``placeholder-etl ARGS`` in a subprocess of its own process group (in ``cwd``).
 
     On timeout the whole group (Dask workers, servers it started) is killed before the
     ``TimeoutExpired`` is raised, so nothing outlives the test.
@@ -30,6 +33,7 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None)
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, **(env or {})},
+        cwd=cwd,
         start_new_session=True,
     )
     try:
@@ -127,6 +131,22 @@ def snapshot(directory: Path) -> dict[str, bytes]:
         for p in sorted(directory.rglob("*"))
         if p.is_file()
     }
+
+
+def gaps_by_url(log: list[dict]) -> dict[str, list[float]]:
+    """Seconds between successive requests to each URL, from the API server's request log."""
+    times: dict[str, list[float]] = {}
+    for entry in log:
+        times.setdefault(entry["path"], []).append(entry["t"])
+    return {path: [b - a for a, b in itertools.pairwise(t)] for path, t in times.items()}
+
+
+def requests_by_url(log: list[dict]) -> dict[str, int]:
+    """How many times each URL was requested, from the API server's request log."""
+    counts: dict[str, int] = {}
+    for entry in log:
+        counts[entry["path"]] = counts.get(entry["path"], 0) + 1
+    return counts
 
 
 def seed_transform(users: list[dict]) -> str:

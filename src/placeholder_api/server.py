@@ -20,7 +20,8 @@ Faults (``MODE[:ARG]``, see :data:`FAULT_MODES`) exercise a client's retries and
 validation; they can be limited to one resource and/or one page number. It is stdlib
 ``http.server`` on purpose: resets and hangs need the raw socket.
 
-Control routes, never counted nor faulted: ``GET /__control/stats``,
+Control routes, never counted nor faulted: ``GET /__control/stats``, ``GET /__control/log``
+(every resource request with its arrival time, to observe a client's retries and backoff),
 ``POST /__control/reset``, ``GET|POST /__control/fault``.
 """
 
@@ -41,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -60,6 +63,7 @@ Record = dict[str, Any]
 JSON_TYPE = "application/json; charset=utf-8"
 HTML_TYPE = "text/html; charset=utf-8"
 CONTROL_PREFIX = "/__control/"
+LOG_SIZE = 100_000  # resource requests kept in the request log
 
 # --------------------------------------------------------------------------- faults
 
@@ -70,15 +74,20 @@ FAULT_MODES: dict[str, str] = {
     "429": "429[:S] (default 1): first request to each URL answers 429, Retry-After: S",
     "slow": "slow[:S] (default 1): sleep S seconds before answering",
     "hang": "hang: read the request, never answer (until shutdown)",
+    "4xx": "4xx[:CODE] (default 404): answer with status CODE (400-499) and a JSON error",
     "malformed": "malformed: 200 with the JSON body cut in half",
     "html": "html: 200 text/html error page",
+    "not-a-list": "not-a-list: list responses are a JSON object wrapping the records",
     "drift": "drift: every record loses a required field (email or title)",
     "drift-type": "drift-type: every record's id is a string",
     "reset": "reset: close the connection with a TCP RST, no answer",
     "empty": "empty: list responses are [] with X-Total-Count: 0",
     "bad-utf8": "bad-utf8: 200 JSON body with invalid UTF-8 bytes in a string",
     "no-total": "no-total: no X-Total-Count nor Link header (clients must stop on a short page)",
-    "dup-ids": "dup-ids: every page but the first starts with the previous page's last record",
+    "bad-total": "bad-total: X-Total-Count is not a number ('NaN')",
+    "dup-ids": "dup-ids: every page but the first starts with the previous page's last record, "
+    "its first text field ending in ' (repeated)'",
+    "reverse": "reverse: every page's records in descending id order",
     "total-lie": "total-lie[:N] (default 5): X-Total-Count claims N more records than exist",
     "shrink": "shrink: pages after the first hold half their records (data shrinking mid-run)",
     "huge": "huge[:BYTES] (default 1000000): each record's first text field is BYTES long",
@@ -86,6 +95,7 @@ FAULT_MODES: dict[str, str] = {
     "extra-field": "extra-field: every record carries an unexpected extra field",
 }
 _DEFAULT_ARGS: dict[str, float] = {
+    "4xx": 404,
     "5xx": 2,
     "5xx-rate": 0.1,
     "429": 1,
@@ -93,7 +103,7 @@ _DEFAULT_ARGS: dict[str, float] = {
     "total-lie": 5,
     "huge": 1_000_000,
 }
-_INT_ARGS = frozenset({"5xx", "429", "total-lie", "huge"})
+_INT_ARGS = frozenset({"4xx", "5xx", "429", "total-lie", "huge"})
 _DRIFT_FIELD = {"users": "email", "comments": "email"}  # others lose "title"
 _BODY_FAULTS = frozenset(
     {
@@ -103,7 +113,10 @@ _BODY_FAULTS = frozenset(
         "empty",
         "bad-utf8",
         "no-total",
+        "bad-total",
+        "not-a-list",
         "dup-ids",
+        "reverse",
         "total-lie",
         "shrink",
         "huge",
@@ -111,7 +124,7 @@ _BODY_FAULTS = frozenset(
         "extra-field",
     }
 )
-_EARLY_FAULTS = frozenset({"5xx", "5xx-rate", "429", "hang", "reset", "html"})
+_EARLY_FAULTS = frozenset({"4xx", "5xx", "5xx-rate", "429", "hang", "reset", "html"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +160,7 @@ class FaultPlan:
         return {"mode": mode, "resource": self.resource, "page": self.page}
 
 
-_ARG_NAMES = {"5xx": "N", "5xx-rate": "P", "429": "S", "slow": "S"}
+_ARG_NAMES = {"4xx": "CODE", "5xx": "N", "5xx-rate": "P", "429": "S", "slow": "S"}
 _SYNTAX = ", ".join(f"{m}[:{_ARG_NAMES[m]}]" if m in _ARG_NAMES else m for m in FAULT_MODES)
 
 
@@ -169,6 +182,8 @@ def _parse_arg(fault: str, mode: str, raw: str | None) -> float:
         raise _fault_error(fault, f"{mode} needs {kind}, got {raw!r}") from None
     if not value >= 0 or math.isinf(value) or (mode == "5xx-rate" and value > 1):
         raise _fault_error(fault, f"{mode} argument {raw!r} is out of range")
+    if mode == "4xx" and not 400 <= value <= 499:
+        raise _fault_error(fault, f"4xx argument {raw!r} is not a 4xx status")
     return value
 
 
@@ -881,10 +896,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_json(405, {"error": "read-only API: only GET is served"}, {"Allow": "GET"})
 
     def _control(self, path: str, body: bytes | None) -> None:
-        """``/__control/stats``, ``/__control/reset`` and ``/__control/fault``."""
+        """``/__control/stats``, ``/__control/log``, ``/__control/reset`` and ``/__control/fault``."""
         name = path[len(CONTROL_PREFIX) :].strip("/")
         if name == "stats" and body is None:
             self.send_json(200, self.server.stats())
+        elif name == "log" and body is None:
+            self.send_json(200, self.server.log())
         elif name == "reset" and body is not None:
             self.server.reset_stats()
             self.send_json(200, self.server.stats())
@@ -916,7 +933,7 @@ class _Handler(BaseHTTPRequestHandler):
         target = route(path)
         query = Query.parse(raw_query)
         page = query.page_number()
-        srv.count_request(target.resource, page)
+        srv.count_request(target.resource, page, self.path)
         if srv.latency > 0:
             srv.stopping.wait(srv.latency)
         plan = srv.fault_plan
@@ -940,6 +957,8 @@ class _Handler(BaseHTTPRequestHandler):
             return False
         if plan.mode in ("5xx", "5xx-rate"):
             self.send_json(503, {"error": "Service Unavailable (placeholder-etl injected fault)"})
+        elif plan.mode == "4xx":
+            self.send_json(int(plan.arg), {"error": "placeholder-etl injected fault"})
         elif plan.mode == "429":
             body = {"error": "Too Many Requests (placeholder-etl injected fault)"}
             self.send_json(429, body, {"Retry-After": str(int(plan.arg))})
@@ -979,6 +998,10 @@ class _Handler(BaseHTTPRequestHandler):
                 headers.pop(name, None)
         elif plan.mode == "total-lie" and "X-Total-Count" in headers:
             headers["X-Total-Count"] = str(int(headers["X-Total-Count"]) + int(plan.arg))
+        elif plan.mode == "bad-total" and "X-Total-Count" in headers:
+            headers["X-Total-Count"] = "NaN"
+        elif plan.mode == "not-a-list" and isinstance(payload, list):
+            payload = {"data": payload, "total": headers.get("X-Total-Count")}
         elif isinstance(payload, list) and payload and resource is not None:
             payload = self._hostile(plan, resource, payload)
         body = orjson.dumps(payload)
@@ -989,11 +1012,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_body(response.status, body, JSON_TYPE, headers)
 
     def _hostile(self, plan: FaultPlan, resource: str, records: list[Record]) -> list[Record]:
-        """Odd but well-formed data: duplicates, shrinking pages, huge or formula-like text."""
+        """Odd but well-formed data: duplicates, unordered or shrinking pages, huge or
+        formula-like text."""
         first_id = records[0].get("id")
         if plan.mode == "dup-ids":
             if isinstance(first_id, int) and first_id > 1 and len(records) > 1:
-                return [self.server.data.get(resource, first_id - 1), *records]
+                repeated = self.server.data.get(resource, first_id - 1) or {}
+                text_key = next(k for k, v in repeated.items() if isinstance(v, str))
+                repeated[text_key] += " (repeated)"  # first and last occurrence differ
+                return [repeated, *records]
+        elif plan.mode == "reverse":
+            return records[::-1]
         elif plan.mode == "shrink":
             if first_id != 1:
                 return records[: len(records) // 2]
@@ -1054,6 +1083,7 @@ class ApiServer(ThreadingHTTPServer):
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self._stats = _Stats()
+        self._log: deque[dict[str, Any]] = deque(maxlen=LOG_SIZE)
         self._url_hits: dict[str, int] = {}
         self._random = random.Random(data.seed)
         self._connections: set[socket.socket] = set()
@@ -1135,10 +1165,21 @@ class ApiServer(ThreadingHTTPServer):
         with self._lock:
             return self._stats.snapshot()
 
+    def log(self) -> list[dict[str, Any]]:
+        """Resource requests in arrival order: ``{"t", "path", "resource", "page"}`` each.
+
+        ``t`` is the arrival time (``time.time()``, seconds), taken before any latency or
+        fault, so the gaps between a URL's requests are the client's waits. The last
+        :data:`LOG_SIZE` requests are kept.
+        """
+        with self._lock:
+            return list(self._log)
+
     def reset_stats(self) -> None:
-        """Zero the stats and the per-URL fault counters."""
+        """Zero the stats, the request log and the per-URL fault counters."""
         with self._lock:
             self._stats = _Stats()
+            self._log.clear()
             self._url_hits.clear()
 
     def set_fault(
@@ -1155,9 +1196,11 @@ class ApiServer(ThreadingHTTPServer):
             self._url_hits.clear()
         return plan
 
-    def count_request(self, resource: str | None, page: int | None) -> None:
-        """Count one resource request (``resource`` None: an unknown path)."""
+    def count_request(self, resource: str | None, page: int | None, path: str = "") -> None:
+        """Count and log one resource request (``resource`` None: an unknown path)."""
+        arrived = time.time()
         with self._lock:
+            self._log.append({"t": arrived, "path": path, "resource": resource, "page": page})
             stats = self._stats
             stats.requests += 1
             if resource is not None:

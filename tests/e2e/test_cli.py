@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from placeholder_api.server import make_server
-from tests.helpers import run_cli, snapshot
+from tests.helpers import requests_by_url, run_cli, snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -83,21 +83,30 @@ def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path, fault) -> N
 
 
 PAGE = "users page {n} from {url}/users?_page={n}&_limit=10: "
+COUNT = "/users?_page=1&_limit=1"
 
 
 @pytest.mark.parametrize(
-    ("fault", "page", "message"),
+    ("fault", "page", "message", "asked"),
     [
-        ("malformed", 2, PAGE + "response is not JSON"),
-        ("drift", 3, PAGE + "record id=21 field email: missing"),
-        ("html", 2, PAGE + "response is an HTML page, not JSON"),
-        ("empty", None, "users count from {url}/users?_page=1&_limit=1: the users list is empty"),
-        ("reset", 2, PAGE + "connection failed (connection reset by the server) (tried 4 times)"),
-        ("hang", 2, PAGE + "no answer within 10 s (tried 4 times)"),
+        ("malformed", 2, PAGE + "response is not JSON", 1),
+        ("drift", 3, PAGE + "record id=21 field email: missing", 1),
+        ("html", 2, PAGE + "response is an HTML page, not JSON", 1),
+        ("empty", None, "users count from {url}" + COUNT + ": the users list is empty", 1),
+        # transient: 4 requests (--request-retries 3) in each of 3 task attempts (2 retries)
+        (
+            "reset",
+            2,
+            PAGE + "connection failed (connection reset by the server) (tried 4 times)",
+            12,
+        ),
+        ("hang", 2, PAGE + "no answer within 10 s (tried 4 times)", 12),
     ],
     ids=["malformed", "drift", "html", "empty-users", "reset", "hang"],
 )
-def test_bad_input_fails_clearly_and_touches_nothing(tmp_path, fault, page, message) -> None:
+def test_bad_input_fails_clearly_and_touches_nothing(tmp_path, fault, page, message, asked) -> None:
+    """With the default retries: a permanent fault's URL is asked once, a transient one's 12
+    times; a server that never answers fails the run after about 2¼ minutes (README)."""
     out = tmp_path / "out"
     before = _earlier_output(out)
     with make_server(users=30, fault=fault, fault_page=page) as server:
@@ -114,14 +123,56 @@ def test_bad_input_fails_clearly_and_touches_nothing(tmp_path, fault, page, mess
             str(out),
             "--cache-dir",
             str(tmp_path / "cache"),
-            timeout=240,
+            timeout=420,  # longer than any bound below, so they are what fails
         )
         elapsed = time.monotonic() - started
+        counts = requests_by_url(server.log())
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: " + message.format(n=page, url=server.url)), last
-    assert elapsed < 240
+    failing = COUNT if page is None else f"/users?_page={page}&_limit=10"
+    assert counts[failing] == asked, counts
+    assert all(n == 1 for url, n in counts.items() if url != failing), counts
+    if fault == "hang":  # 12 requests x the 10 s timeout, plus backoff and retry delays
+        assert 120 <= elapsed < 200, elapsed
+    else:
+        assert elapsed < 90, elapsed
     assert snapshot(out) == before  # byte for byte, and no temporary files left
+
+
+def test_nothing_is_written_outside_the_output_and_cache_dirs(tmp_path) -> None:
+    """A run whose home, temporary folder and working directory are empty folders of its own:
+    afterwards files exist only in --output-dir, --cache-dir and Prefect's home (its cache
+    records), and Dask's two lock files in TMPDIR; home and the working directory stay empty."""
+    sandbox = tmp_path / "sandbox"
+    home, tmp, cwd = sandbox / "home", sandbox / "tmp", sandbox / "cwd"
+    for folder in (home, tmp, cwd):
+        folder.mkdir(parents=True)
+    out, cache, prefect_home = sandbox / "out", sandbox / "cache", sandbox / "prefect-home"
+    result = run_cli(
+        *("run", "--api-url", "bundled", "--bundled-users", "12", "--resources", "all"),
+        *("--runner", "dask", "--dask-processes", "--dask-workers", "2"),
+        *("--output-dir", str(out), "--cache-dir", str(cache)),
+        env={
+            "HOME": str(home),
+            "TMPDIR": str(tmp),
+            "XDG_CACHE_HOME": str(home / ".cache"),
+            "XDG_CONFIG_HOME": str(home / ".config"),
+            "PREFECT_HOME": str(prefect_home),
+            "MPLCONFIGDIR": str(home / ".config" / "matplotlib"),
+        },
+        cwd=cwd,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    written = {p.relative_to(sandbox).parts[0] for p in sandbox.rglob("*") if not p.is_dir()}
+    assert written == {"out", "cache", "prefect-home", "tmp"}
+    assert [list(folder.iterdir()) for folder in (home, cwd)] == [[], []]
+    # Dask's worker space keeps two empty lock files, shared by every Dask process on the
+    # machine (it removes the workers' own folders); nothing of the run's data
+    dask_locks = {"dask-scratch-space/global.lock", "dask-scratch-space/purge.lock"}
+    assert {str(p.relative_to(tmp)) for p in tmp.rglob("*") if not p.is_dir()} == dask_locks
+    assert all((tmp / lock).stat().st_size == 0 for lock in dask_locks)
+    assert len(list(out.glob("*_[0-9]*.csv"))) == 8
 
 
 @pytest.mark.parametrize(

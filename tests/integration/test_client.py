@@ -11,6 +11,7 @@ from placeholder_api.server import make_server
 from placeholder_etl.core.client import ApiClient, ordered_map
 from placeholder_etl.core.errors import ContractError, PermanentError, TransientError
 from placeholder_etl.core.settings import ClientSettings
+from tests.helpers import gaps_by_url
 
 FAST = ClientSettings(timeout=2, retries=3, backoff=0.01)
 
@@ -79,6 +80,25 @@ def test_retry_after_is_capped() -> None:
         assert time.perf_counter() - started < 5
 
 
+def test_request_retries_back_off_exponentially_with_jitter() -> None:
+    """urllib3's backoff as the server sees it: the first retry at once, then factor x 2,
+    factor x 4, each plus a random jitter of up to factor / 2."""
+    settings = ClientSettings(timeout=5, retries=3, backoff=0.4, pool_size=6)
+    with make_server(users=60, fault="5xx:3") as server, ApiClient(server.url, settings) as c:
+        pages = list(ordered_map(lambda n: c.fetch_page("users", n, 10), range(1, 7), 6))
+        log = server.log()
+    assert [p.retries for p in pages] == [3] * 6
+    gaps = gaps_by_url(log)
+    assert len(gaps) == 6
+    jitters = []
+    for path, (first, second, third) in gaps.items():
+        assert first < 0.15, path
+        assert 0.8 <= second < 0.8 + 0.2 + 0.15, (path, second)
+        assert 1.6 <= third < 1.6 + 0.2 + 0.15, (path, third)
+        jitters += [second - 0.8, third - 1.6]
+    assert max(jitters) - min(jitters) > 0.05, jitters  # random, not a fixed delay
+
+
 def test_persistent_5xx_is_transient_after_retries() -> None:
     with make_server(users=5, fault="5xx:99") as server, ApiClient(server.url, FAST) as c:
         with pytest.raises(TransientError, match=r"users page 1 from .*: HTTP 503 .*tried 4"):
@@ -94,6 +114,8 @@ def test_persistent_5xx_is_transient_after_retries() -> None:
         ("bad-utf8", PermanentError, "response is not valid UTF-8 JSON"),
         ("drift", ContractError, "record id=1 field email: missing"),
         ("drift-type", ContractError, "record id='1' field id: input should be a valid integer"),
+        ("not-a-list", PermanentError, "response is not a JSON list (got dict)"),
+        ("4xx:410", PermanentError, "HTTP 410 Gone"),
         ("reset", TransientError, "connection failed"),
     ],
 )
@@ -126,6 +148,13 @@ def test_a_server_that_never_answers_times_out() -> None:
 def test_other_4xx_is_permanent(api) -> None:
     with ApiClient(api.url, FAST) as client, pytest.raises(PermanentError, match="HTTP 404"):
         client.fetch_page("nonsense", 1, 10)
+
+
+def test_a_total_that_is_not_a_number_is_refused() -> None:
+    with make_server(users=5, fault="bad-total") as server, ApiClient(server.url, FAST) as c:
+        with pytest.raises(PermanentError, match=r"X-Total-Count is not a number \('NaN'\)"):
+            c.count("users", 10)
+        assert server.stats()["requests"] == 1
 
 
 def test_empty_users_list_is_refused() -> None:

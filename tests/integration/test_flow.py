@@ -11,9 +11,9 @@ import pytest
 import requests
 
 from placeholder_api.server import make_server
-from placeholder_etl.core.errors import ContractError, TransientError
+from placeholder_etl.core.errors import ContractError, PermanentError, TransientError
 from placeholder_etl.core.results import MANIFEST_SCHEMA_VERSION, Manifest
-from tests.helpers import run_flow, seed_transform, snapshot
+from tests.helpers import gaps_by_url, requests_by_url, run_flow, seed_transform, snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -102,6 +102,48 @@ def test_cached_pages_whose_files_are_gone_are_fetched_again(api, tmp_path, cach
     assert manifest.tables["users"].rows == 25
 
 
+def test_cached_pages_expire_after_cache_hours(api, tmp_path, cache_dir) -> None:
+    """--cache-hours 0.0003 (about 1.1 s): a run after that fetches everything again; one as
+    long after a run with the default hour fetches nothing."""
+    import time
+
+    short, hour = cache_dir / "short", cache_dir / "hour"
+    run(api.url, tmp_path / "a", short, cache_hours=0.0003)
+    run(api.url, tmp_path / "b", hour)
+    time.sleep(1.5)
+    api.reset_stats()
+    expired = run(api.url, tmp_path / "c", short, cache_hours=0.0003)
+    assert api.stats()["requests"] == 4  # the count and three pages again
+    assert expired.cached_chunks == 0
+    api.reset_stats()
+    kept = run(api.url, tmp_path / "d", hour)
+    assert api.stats()["requests"] == 0
+    assert kept.cached_chunks == kept.chunks == 3
+
+
+def test_another_page_size_or_paging_is_a_cache_miss(api, tmp_path, cache_dir) -> None:
+    """Pages are cached per page size and paging style, and neither run spoils the other's."""
+    first = run(api.url, tmp_path / "a", cache_dir)  # 10 a page, _page
+    api.reset_stats()
+    smaller = run(api.url, tmp_path / "b", cache_dir, page_size=5)
+    assert api.stats()["pages"] == {"users": {str(n): 1 for n in range(1, 6)}}  # count cached
+    api.reset_stats()
+    start = run(api.url, tmp_path / "c", cache_dir, paging="start")
+    assert requests_by_url(api.log()) == {
+        "/users?_start=0&_limit=1": 1,
+        "/users?_start=0&_limit=10": 1,
+        "/users?_start=10&_limit=10": 1,
+        "/users?_start=20&_limit=10": 1,
+    }
+    api.reset_stats()
+    again = run(api.url, tmp_path / "d", cache_dir)  # the first run's pages, untouched
+    assert api.stats()["requests"] == 0
+    assert (smaller.cached_chunks, start.cached_chunks, again.cached_chunks) == (0, 0, 3)
+    csvs = {name: users_csv(tmp_path / name).read_bytes() for name in "abcd"}
+    assert len(set(csvs.values())) == 1
+    assert first.tables["users"].rows == again.tables["users"].rows == 25
+
+
 def test_without_cache_every_run_fetches(api, tmp_path, cache_dir) -> None:
     run(api.url, tmp_path / "a", cache_dir, cache=False)
     run(api.url, tmp_path / "b", cache_dir, cache=False)
@@ -138,11 +180,75 @@ def test_a_failed_first_run_creates_no_output_dir(tmp_path, cache_dir) -> None:
     assert not (tmp_path / "never").exists()
 
 
-def test_permanent_errors_are_not_retried(tmp_path, cache_dir) -> None:
-    with make_server(users=5, fault="drift") as server:
-        with pytest.raises(ContractError):
-            run(server.url, tmp_path / "out", cache_dir, task_retries=3)
-        assert server.stats()["requests"] == 2  # the count, then one fetch: no retry
+@pytest.mark.parametrize(
+    ("fault", "error", "message"),
+    [
+        ("drift", ContractError, "record id=11 field email: missing"),
+        ("malformed", PermanentError, "response is not JSON"),
+        ("html", PermanentError, "response is an HTML page, not JSON"),
+        ("bad-utf8", PermanentError, "response is not valid UTF-8 JSON"),
+        ("not-a-list", PermanentError, "response is not a JSON list (got dict)"),
+        ("4xx:404", PermanentError, "HTTP 404 Not Found"),
+        ("4xx:400", PermanentError, "HTTP 400 Bad Request"),
+    ],
+)
+def test_permanent_errors_are_not_retried(tmp_path, cache_dir, fault, error, message) -> None:
+    """A permanent fault on page 2: its URL is asked once, whatever the retry settings."""
+    with make_server(users=30, fault=fault, fault_page=2) as server:
+        with pytest.raises(error) as caught:
+            run(server.url, tmp_path / "out", cache_dir, request_retries=3, task_retries=3)
+        asked = requests_by_url(server.log())
+    page2 = "/users?_page=2&_limit=10"
+    assert str(caught.value).startswith(f"users page 2 from {server.url}{page2}: {message}")
+    assert asked[page2] == 1
+    assert set(asked.values()) == {1}  # the count and the other pages: once each at most
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("fault", "message"),
+    [
+        ("bad-total", "X-Total-Count is not a number ('NaN')"),
+        ("not-a-list", "response is not a JSON list (got dict)"),
+        ("4xx:403", "HTTP 403 Forbidden"),
+    ],
+)
+def test_a_permanent_fault_when_counting_fails_at_once(tmp_path, cache_dir, fault, message):
+    with make_server(users=30, fault=fault) as server:
+        with pytest.raises(PermanentError) as caught:
+            run(server.url, tmp_path / "out", cache_dir, request_retries=3, task_retries=3)
+        asked = requests_by_url(server.log())
+    count = "/users?_page=1&_limit=1"
+    assert str(caught.value) == f"users count from {server.url}{count}: {message}"
+    assert asked == {count: 1}
+    assert not (tmp_path / "out").exists()
+
+
+def test_task_retries_wait_longer_each_time_with_jitter(tmp_path, cache_dir) -> None:
+    """--retry-delay D: Prefect waits about D, then about 2 D (jittered: 0.63 to 1.5 times),
+    as the server sees it between a URL's requests (one request per task attempt here)."""
+    with make_server(users=50, fault="5xx:2") as server:
+        manifest = run(
+            server.url,
+            tmp_path / "out",
+            cache_dir,
+            request_retries=0,
+            task_retries=2,
+            retry_delay=1.0,
+        )
+        gaps = gaps_by_url(server.log())
+    assert manifest.tables["users"].rows == 50
+    assert len(gaps) == 6  # the count and five pages, each failing twice
+    outside = 0
+    for path, (first, second) in gaps.items():
+        assert 0.6 <= first <= 1.5 + 1.0, (path, first)
+        assert 1.25 <= second <= 3.0 + 1.0, (
+            path,
+            second,
+        )  # doubled: above any first delay's low end
+        outside += not 0.97 <= first <= 1.3
+        outside += not 1.94 <= second <= 2.3
+    assert outside, gaps  # jittered: without jitter every wait is the delay plus overhead
 
 
 def test_transient_errors_are_retried_by_the_task(tmp_path, cache_dir) -> None:

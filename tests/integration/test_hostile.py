@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from placeholder_api.fakedata import make_record
 from placeholder_api.server import make_server
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.redact import redact_url
@@ -25,13 +26,34 @@ def seed_table(tmp_path, manifest) -> pd.DataFrame:
 
 
 def test_duplicate_ids_across_pages_are_dropped(tmp_path) -> None:
+    """The first occurrence wins: the repeat (on the next page) carries a changed name."""
     with make_server(users=25, fault="dup-ids") as server:
-        manifest = run(server, tmp_path)
+        manifest = run(server, tmp_path, resources="users,posts")
     users = seed_table(tmp_path, manifest)
     assert users["ID"].astype(int).tolist() == list(range(1, 26))
     assert manifest.tables["users"].rows == 25
     assert manifest.tables["users_flat"].rows == 25
     assert "users: ids out of order or repeated; sorting" in run_logs(manifest.flow_run_id)
+    # ids 10 and 20 came twice (pages 1 and 2, 2 and 3): the first, unchanged, copy is kept
+    expected = {user_id: make_record("users", user_id, 0)["name"] for user_id in range(1, 26)}
+    assert dict(zip(users["ID"].astype(int), users["Name"], strict=True)) == expected
+    flat = pd.read_csv(tmp_path / "out" / manifest.tables["users_flat"].file)
+    assert flat["name"].tolist() == list(expected.values())
+    posts = pd.read_csv(tmp_path / "out" / manifest.tables["posts"].file)
+    assert posts["id"].tolist() == list(range(1, 251))
+    assert not posts["title"].str.endswith(" (repeated)").any()
+
+
+def test_pages_out_of_order_are_sorted_by_id(tmp_path) -> None:
+    """Every page comes last id first: each table is still one row per record in id order."""
+    with make_server(users=25, fault="reverse") as server:
+        manifest = run(server, tmp_path, resources="users,todos")
+    out = tmp_path / "out"
+    assert seed_table(tmp_path, manifest)["ID"].astype(int).tolist() == list(range(1, 26))
+    for table, rows in (("users_flat", 25), ("todos", 500)):
+        frame = pd.read_csv(out / manifest.tables[table].file)
+        assert frame["id"].tolist() == list(range(1, rows + 1)), table
+        assert manifest.tables[table].rows == rows
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import pytest
 
 from placeholder_api.server import make_server
 from placeholder_etl.notify import failure_text, post_webhook
-from tests.helpers import WebhookReceiver, run_cli
+from tests.helpers import WebhookReceiver, kill_group, run_cli
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -61,6 +67,45 @@ def test_a_failing_run_posts_one_message(tmp_path, webhook) -> None:
         in text
     )
     assert webhook.url not in result.stdout + result.stderr  # a secret: never logged
+
+
+def test_a_crashed_run_posts_one_message(tmp_path, webhook) -> None:
+    """The flow process is told to stop (SIGTERM, as a worker or a container runtime does)
+    while it fetches: the run is Crashed, and the on_crashed hook posts the message."""
+    out = tmp_path / "out"
+    with make_server(users=200, latency=0.5) as server:
+        run = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "placeholder_etl", "run", "--api-url", server.url),
+                *("--runner", "local", "--page-size", "10", "--in-flight", "1"),
+                *("--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")),
+            ],
+            env={**os.environ, "PLACEHOLDER_ETL_NOTIFY_WEBHOOK": webhook.url},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while server.stats()["pages"].get("users", {}).get("2") is None:  # pages, not the count
+                assert run.poll() is None, run.communicate()
+                assert time.monotonic() < deadline, "the run fetched no page"
+                time.sleep(0.05)
+            os.kill(run.pid, signal.SIGTERM)
+            messages = webhook.wait_for(1, timeout=60)
+            _, stderr = run.communicate(timeout=120)
+        finally:
+            kill_group(run)
+    assert run.returncode != 0
+    assert "Crash detected!" in stderr
+    (message,) = messages
+    text = message["text"]
+    assert text.startswith(":rotating_light: Flow run `placeholder-etl/")
+    assert text.splitlines()[0].endswith(" crashed.")
+    assert "Error: " in text
+    assert "/runs/flow-run/" in text
+    assert not out.exists()  # nothing was committed
 
 
 def test_a_successful_run_sends_nothing(tmp_path, webhook) -> None:

@@ -460,10 +460,58 @@ def test_bad_utf8_inside_a_string(http: requests.Session) -> None:
         assert response.content.decode("utf-8", "replace").startswith('[{"id":1,"name":"')
 
 
+def test_4xx_answers_the_status_asked_for(http: requests.Session) -> None:
+    """4xx[:CODE]: a client error with a JSON body (404 by default)."""
+    with fault_server("4xx") as server:
+        assert get(http, server, "/users?_page=1").status_code == 404
+    with fault_server("4xx:410") as server:
+        response = get(http, server, "/users?_page=1")
+        assert response.status_code == 410
+        assert response.json() == {"error": "placeholder-etl injected fault"}
+
+
+def test_not_a_list_wraps_the_records_in_an_object(http: requests.Session) -> None:
+    """not-a-list: valid JSON, but an object instead of the list of records."""
+    with fault_server("not-a-list") as server:
+        body = get(http, server, "/users?_page=2&_limit=2").json()
+        assert body == {"data": make_records("users", 3, 4, 0), "total": "3"}
+
+
+def test_reverse_serves_each_page_in_descending_id_order(http: requests.Session) -> None:
+    """reverse: the right records on each page, last id first."""
+    with fault_server("reverse") as server:
+        assert ids(get(http, server, "/posts?_page=2&_limit=4")) == [8, 7, 6, 5]
+
+
+def test_bad_total_is_not_a_number(http: requests.Session) -> None:
+    """bad-total: the records are right, X-Total-Count is 'NaN'."""
+    with fault_server("bad-total") as server:
+        response = get(http, server, "/users?_page=1&_limit=2")
+        assert ids(response) == [1, 2]
+        assert response.headers["X-Total-Count"] == "NaN"
+
+
+def test_dup_ids_repeat_the_previous_record_with_a_changed_field(http: requests.Session) -> None:
+    """dup-ids: page n > 1 starts with page n-1's last record, which differs from it, so a
+    client can tell whether the first or the last occurrence was kept."""
+    with make_server(users=10, fault="dup-ids") as server:
+        first = get(http, server, "/users?_page=1&_limit=4").json()
+        second = get(http, server, "/users?_page=2&_limit=4").json()
+        posts = get(http, server, "/posts?_page=3&_limit=2").json()
+    assert [r["id"] for r in first] == [1, 2, 3, 4]
+    assert [r["id"] for r in second] == [4, 5, 6, 7, 8]
+    assert second[0]["name"] == first[3]["name"] + " (repeated)"
+    assert {**second[0], "name": first[3]["name"]} == first[3]  # only that field differs
+    assert [r["id"] for r in posts] == [4, 5, 6]
+    assert posts[0]["title"] == make_record("posts", 4, 0)["title"] + " (repeated)"
+
+
 @pytest.mark.parametrize(
     ("fault", "kwargs"),
     [
         ("bogus", {}),
+        ("4xx:500", {}),
+        ("4xx:429.5", {}),
         ("5xx:x", {}),
         ("5xx:-1", {}),
         ("5xx-rate:2", {}),
@@ -548,6 +596,27 @@ def test_stats_count_requests_pages_and_reset(http: requests.Session) -> None:
         reset = http.post(server.url + "/__control/reset", timeout=5).json()
         assert reset == {"requests": 0, "by_resource": {}, "pages": {}, "faults_injected": 0}
         assert get(http, server, "/todos?_page=1").status_code == 503  # counters zeroed too
+
+
+def test_the_request_log_has_every_resource_request_with_its_arrival_time(
+    http: requests.Session,
+) -> None:
+    """GET /__control/log: path, resource, page and arrival time, in order; reset clears it."""
+    with make_server(users=3, latency=0.2) as server:
+        started = time.time()
+        get(http, server, "/users?_page=2&_limit=1")
+        get(http, server, "/__control/stats")
+        get(http, server, "/users/1/posts")
+        log = get(http, server, "/__control/log").json()
+        assert [(e["path"], e["resource"], e["page"]) for e in log] == [
+            ("/users?_page=2&_limit=1", "users", 2),
+            ("/users/1/posts", "posts", None),
+        ]
+        assert started <= log[0]["t"] < started + 0.2  # on arrival, before the latency
+        assert log[1]["t"] - log[0]["t"] >= 0.2  # the first answer came after its latency
+        assert server.log() == log
+        http.post(server.url + "/__control/reset", timeout=5)
+        assert get(http, server, "/__control/log").json() == []
 
 
 # --------------------------------------------------------------------------- scale and processes

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from placeholder_etl.core.staging import Staging, atomic_write, make_tag, remove_stale_temps
+from tests.helpers import snapshot
 
 
 def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path) -> None:
@@ -46,6 +47,37 @@ def test_concurrent_commits_never_share_or_overwrite_files(tmp_path) -> None:
         assert (tmp_path / f"manifest_{stamp}.json").read_text() == f'{{"created": "{stamp}"}}\n'
     assert len(pids) == 8  # no file overwrote another
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("taken", ["users_flat", "manifest"])
+def test_a_commit_that_fails_halfway_leaves_the_output_dir_as_it_was(tmp_path, taken) -> None:
+    """A rename fails after others succeeded: the renamed files go back, nothing is left.
+
+    The failure is real: something that ignores the lock (a person, another tool) makes a
+    directory at the final name of the second file (or of the manifest, renamed last)
+    after the stamp was chosen, so renaming a file onto it fails with EISDIR.
+    """
+    out = tmp_path / "out"
+    earlier = Staging(out)  # a previous good run (it also leaves the lock file)
+    earlier.temp_path("users").write_text("ID\n1\n")
+    earlier.commit(lambda stamp: b"{}\n")
+    before = snapshot(out)
+    taken_dirs = []
+
+    def manifest(stamp: str) -> bytes:
+        suffix = ".json" if taken == "manifest" else ".csv"
+        taken_dirs.append(out / f"{taken}_{stamp}{suffix}")
+        taken_dirs[0].mkdir()
+        return b'{"created": "%s"}\n' % stamp.encode()
+
+    staging = Staging(out)
+    staging.temp_path("users").write_text("ID\n2\n")
+    staging.temp_path("users_flat").write_text("id\n2\n")
+    with pytest.raises(IsADirectoryError), staging:
+        staging.commit(manifest)
+    taken_dirs[0].rmdir()  # the intruder's, not ours
+    assert snapshot(out) == before  # byte for byte: no final name, no temporary file
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
 def test_abort_removes_temps_and_a_directory_it_created(tmp_path) -> None:

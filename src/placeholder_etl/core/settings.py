@@ -101,7 +101,11 @@ class FetchSettings(_Group):
     request_retries: int = Field(3, ge=0, le=20, description="Retries per request.")
     task_retries: int = Field(2, ge=0, le=20, description="Prefect retries per task.")
     retry_delay: float = Field(
-        2.0, ge=0, le=3600, description="Seconds before the first task retry (then doubles)."
+        2.0,
+        ge=0,
+        le=3600,
+        description="Seconds before the first task retry; it doubles after each, jittered "
+        "(0.63x to 1.5x).",
     )
     cache: bool = Field(True, description="Reuse pages fetched within --cache-hours.")
     cache_dir: str | None = Field(

@@ -165,9 +165,16 @@ class Staging:
                 with tmp.open("wb") as handle:
                     handle.write(manifest(stamp))
                     fsync_file(handle)
-            for key, (suffix, tmp) in self.staged.items():
-                tmp.replace(self.directory / f"{key}_{stamp}{suffix}")
-            _fsync_dir(self.directory)
+            done: list[tuple[Path, Path]] = []
+            try:
+                for key, (suffix, tmp) in self.staged.items():
+                    final = self.directory / f"{key}_{stamp}{suffix}"
+                    tmp.replace(final)
+                    done.append((tmp, final))
+                _fsync_dir(self.directory)
+            except BaseException:
+                _undo_renames(done)
+                raise
         self.staged.clear()
         return stamp
 
@@ -190,6 +197,23 @@ class Staging:
         if self._created_dir:
             with suppress(OSError):
                 self.directory.rmdir()
+
+
+def _undo_renames(done: list[tuple[Path, Path]]) -> None:
+    """Put files renamed by a commit that failed halfway back under their temporary names.
+
+    Last renamed first; a file that cannot go back is removed, so no final name of the
+    failed commit stays behind (the caller's :meth:`Staging.abort` removes the temporaries).
+    """
+    for tmp, final in reversed(done):
+        try:
+            final.replace(tmp)
+        except OSError:
+            with suppress(OSError):
+                final.unlink()
+    if done:
+        with suppress(OSError):
+            _fsync_dir(done[0][1].parent)
 
 
 def fsync_file(handle: IO[bytes]) -> None:
