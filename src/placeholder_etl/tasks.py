@@ -153,11 +153,10 @@ def render_report_task(result: RunResult) -> RunResult:
     """
     from placeholder_etl.report import render_report
 
-    if "://" in result.output_dir:
-        get_run_logger().warning("report: not rendered for an object-store output (local only)")
-        return result.model_copy(
-            update={"report_error": "the report is rendered for a local output folder only"}
-        )
+    if "://" in result.output_dir or result.manifest.format != "csv":
+        message = "the run report reads a local CSV output; none was rendered"
+        get_run_logger().error("report failed: %s", message)
+        return result.model_copy(update={"report_error": message})
     try:
         path = render_report(Path(result.manifest_file), Path(result.output_dir))
     except Exception as exc:  # noqa: BLE001 - report problems must not fail a good load

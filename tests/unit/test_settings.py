@@ -146,3 +146,11 @@ def test_the_environment_is_read_in_one_place(monkeypatch, tmp_path) -> None:
     assert env.notify_webhook is not None
     assert "secret" not in repr(env)  # a SecretStr
     assert env.saturn_base_url == "https://app.example"
+
+
+@pytest.mark.parametrize(
+    "options", [{"output_dir": "s3://b/run"}, {"format": "parquet"}], ids=["store", "parquet"]
+)
+def test_the_report_is_refused_where_it_cannot_read_the_output(options) -> None:
+    with pytest.raises(SettingsError, match="the run report reads a local CSV output"):
+        settings_from_options({"report": True, **options})

@@ -214,6 +214,16 @@ class RunSettings(_Group):
     output: OutputSettings = OutputSettings()
     cluster: ClusterSettings = ClusterSettings()
 
+    @model_validator(mode="after")
+    def _report_reads_a_local_csv_output(self) -> Self:
+        remote = "://" in self.output_dir and not self.output_dir.startswith("file://")
+        if self.output.report and (remote or self.output.format != "csv"):
+            raise ValueError(
+                "report: the run report reads a local CSV output; run without --report for "
+                "an object store or Parquet"
+            )
+        return self
+
     def flow_parameters(self) -> dict[str, Any]:
         """Keyword arguments of :func:`placeholder_etl.flow.etl`."""
         return {name: getattr(self, name) for name in type(self).model_fields}
