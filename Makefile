@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m compileall -q src flows  # bytecode even where PYTHONDONTWRITEBYTECODE is set
 	@touch $@
 
-install: $(STAMP) ## Create .venv (if missing) and install the package with its dev extra
+install: $(STAMP) ## Create .venv (if missing) and install the package with every extra (dev: all of them)
 
 run: $(STAMP) ## Run the pipeline offline: bundled API server, ephemeral Prefect, local Dask
 	$(BIN)/placeholder-etl run --api-url bundled --bundled-users $(USERS) \
