@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from placeholder_etl.core.staging import Staging, atomic_write, make_tag, remove_stale_temps
+from placeholder_etl.core.staging import (
+    Staging,
+    atomic_write,
+    make_tag,
+    recover,
+    remove_stale_temps,
+)
 from tests.helpers import snapshot
 
 
@@ -113,3 +119,46 @@ def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path) -> N
     assert sorted(removed) == sorted([dead_tmp, old_unknown])
     assert live_tmp.exists()
     assert young_unknown.exists()
+
+
+_KILLED_COMMIT = """
+import os, signal, sys
+from pathlib import Path
+from placeholder_etl.core.staging import Staging, recover
+
+renames = 0
+replace = Path.replace
+
+def replace_then_die(self, target):
+    global renames
+    renames += 1
+    if renames == 2:  # the first table is in place, the rest and the manifest are not
+        os.kill(os.getpid(), signal.SIGKILL)
+    return replace(self, target)
+
+Path.replace = replace_then_die
+staging = Staging(Path(sys.argv[1]))
+for key in ("users", "users_flat"):
+    staging.temp_path(key).write_text("ID\\n1\\n")
+staging.commit(lambda stamp: b"{}")
+"""
+
+
+def test_a_commit_killed_between_renames_is_undone_by_the_next_run(tmp_path) -> None:
+    """SIGKILL after the first rename: the next run removes what that commit had renamed."""
+    earlier = tmp_path / "users_20200101T000000Z.csv"
+    earlier.write_text("ID\n1\n")  # an earlier run's table, no manifest: not ours to remove
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_COMMIT, str(tmp_path)], capture_output=True, check=False
+    )
+    assert killed.returncode == -9
+    orphans = [p for p in tmp_path.glob("users_2*.csv") if p != earlier]
+    assert len(orphans) == 1  # the kill left a table under a final name, without a manifest
+    assert list(tmp_path.glob(".placeholder-etl.commit.*"))
+    assert not list(tmp_path.glob("manifest_*.json"))
+
+    removed = recover(tmp_path)
+    assert removed == orphans
+    assert [p.name for p in tmp_path.glob("users*.csv")] == [earlier.name]
+    assert not list(tmp_path.glob(".placeholder-etl.commit.*"))
+    assert recover(tmp_path) == []  # nothing more to do

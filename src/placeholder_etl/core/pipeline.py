@@ -44,6 +44,7 @@ from placeholder_etl.core.settings import ClientSettings, Paging, local_slots
 from placeholder_etl.core.staging import (
     ObjectStaging,
     Staging,
+    recover,
     remove_dead_runs,
     remove_stale_temps,
 )
@@ -105,6 +106,7 @@ def remove_leftovers(staging: Staging | ObjectStaging, cache: Store, max_age: fl
     """What killed runs left (temporary files, staging, claims) and expired page checkpoints."""
     removed: list[str] = []
     if isinstance(staging, Staging):
+        removed += map(str, recover(staging.directory))  # a commit killed halfway
         removed += map(str, remove_stale_temps(staging.directory))
     else:
         removed += remove_dead_runs(staging.store)

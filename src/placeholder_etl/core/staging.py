@@ -28,12 +28,14 @@ __all__ = [
     "Staging",
     "atomic_write",
     "make_tag",
+    "recover",
     "remove_dead_runs",
     "remove_stale_temps",
 ]
 
 TEMP_SUFFIX = ".tmp"
 LOCK_NAME = ".placeholder-etl.lock"
+JOURNAL_PREFIX = ".placeholder-etl.commit."
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -165,16 +167,29 @@ class Staging:
                 with tmp.open("wb") as handle:
                     handle.write(manifest(stamp))
                     fsync_file(handle)
+            finals = {
+                key: self.directory / f"{key}_{stamp}{suffix}"
+                for key, (suffix, _) in self.staged.items()
+            }
+            # A journal of the names this commit is about to create: a process killed
+            # between two renames leaves it behind, and the next run's recover() removes
+            # exactly those names (no manifest names them).
+            journal = self.directory / f"{JOURNAL_PREFIX}{stamp}"
+            with journal.open("wb") as handle:
+                handle.write("\n".join(p.name for p in finals.values()).encode())
+                fsync_file(handle)
             done: list[tuple[Path, Path]] = []
             try:
-                for key, (suffix, tmp) in self.staged.items():
-                    final = self.directory / f"{key}_{stamp}{suffix}"
-                    tmp.replace(final)
-                    done.append((tmp, final))
+                for key, (_, tmp) in self.staged.items():
+                    tmp.replace(finals[key])  # the manifest is staged last: renamed last
+                    done.append((tmp, finals[key]))
                 _fsync_dir(self.directory)
             except BaseException:
                 _undo_renames(done)
+                journal.unlink(missing_ok=True)
                 raise
+            journal.unlink()
+            _fsync_dir(self.directory)
         self.staged.clear()
         return stamp
 
@@ -197,6 +212,35 @@ class Staging:
         if self._created_dir:
             with suppress(OSError):
                 self.directory.rmdir()
+
+
+def recover(directory: Path) -> list[Path]:
+    """Undo commits a killed process left half done in ``directory`` (under the lock).
+
+    A commit journals the final names it is about to create; a journal still there means
+    the process died between two renames: every name it lists whose stamp has no manifest is
+    removed (a journal whose manifest exists only lost its own removal).
+
+    Returns:
+        The files removed.
+    """
+    if not directory.is_dir():
+        return []
+    removed = []
+    with (directory / LOCK_NAME).open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for journal in sorted(directory.glob(f"{JOURNAL_PREFIX}*")):
+            stamp = journal.name.removeprefix(JOURNAL_PREFIX)
+            if not (directory / f"manifest_{stamp}.json").exists():
+                for name in journal.read_text().splitlines():
+                    path = directory / name
+                    if name and path.parent == directory and path.exists():
+                        path.unlink()
+                        removed.append(path)
+            journal.unlink()
+        if removed:
+            _fsync_dir(directory)
+    return removed
 
 
 def _undo_renames(done: list[tuple[Path, Path]]) -> None:
