@@ -488,6 +488,7 @@ class Result:
     at_break: int = 0  # pages checkpointed at the break
     checkpointed_refetched: int = 0  # of those, requested again after the break
     faults: int = 0
+    first_commits: int = 0  # outputs the faulted run committed
     reused_first: int = 0  # manifest pages_reused of the faulted run (worker: the lost task's)
     rerun_fetched: int | None = None  # manifest pages_fetched of the rerun
     lost: int = 0
@@ -656,6 +657,7 @@ class Chaos:
             seen = frozenset(after_first.commits) | {
                 f for m in after_first.commits for f in self.manifest_files(out / m)
             }
+            result.first_commits = len(after_first.commits)
             result.reused_first = self.manifest_value(out, after_first.commits, "pages_reused")
 
             code, seconds, rerun = self.invoke(cmd, folder / "rerun.log")
@@ -833,10 +835,11 @@ def kind_rows(results: list[Result]) -> list[list[str]]:
     for kind, mine in [*groups, ("**all**", results)]:
         if not mine:
             continue
-        first_ok = sum(r.first_exit == 0 for r in mine)
+        unkilled = [r for r in mine if r.scenario.kind not in KILLS]
+        first_ok = sum(r.first_exit == 0 for r in unkilled)
         rows.append([
             kind, str(len(mine)),
-            "-" if kind in KILLS else f"{first_ok}/{len(mine)}",
+            f"{first_ok}/{len(unkilled)}" if unkilled else "-",
             f"{sum(r.rerun_exit == 0 for r in mine)}/{len(mine)}",
             f"{sum(r.survived for r in mine)}/{sum(r.killed for r in mine)}",
             str(sum(r.faults for r in mine)),
@@ -935,6 +938,33 @@ NOTES = (
 )
 
 
+def findings(results: list[Result], moments: Counter[str]) -> list[str]:
+    """What the table does not show: when the kills landed, what the reruns fetched."""
+    lines = []
+    if moments:
+        when = ", ".join(f"{n} {m}" for m, n in moments.most_common())
+        lines.append(f"- `kill`: where the kills landed: {when}.")
+    failed = [r for r in results if r.scenario.kind == "api" and r.first_exit != 0]
+    if failed:
+        fetched = sum(r.rerun_fetched or 0 for r in failed)
+        written = sum(r.first_commits for r in failed)
+        wrote = "none of them writing anything" if not written else f"{written} committing"
+        lines.append(
+            f"- `api`: {len(failed)} runs failed after their retries (a page out for longer than "
+            f"they last), {wrote}; their reruns fetched "
+            f"{fetched} of {sum(r.planned for r in failed)} pages (the rest were checkpointed)."
+        )
+    workers = [r for r in results if r.scenario.kind == "worker" and r.killed]
+    if workers:
+        lines.append(
+            f"- `worker`: the tasks of the {len(workers)} killed workers ran again on the other "
+            f"worker and reused {sum(r.reused_first for r in workers)} pages the killed workers "
+            f"had checkpointed (manifest `pages_reused`); "
+            f"{sum(r.refetched for r in workers)} pages that were in flight were fetched again."
+        )
+    return lines
+
+
 def write_report(
     path: Path,
     args: argparse.Namespace,
@@ -984,7 +1014,7 @@ def write_report(
         "",
         *NOTES,
         "",
-        "Kill moments (`kill`): " + ", ".join(f"{n} {m}" for m, n in moments.most_common()) + ".",
+        *findings(results, moments),
         "",
         "## Runs",
         "",
