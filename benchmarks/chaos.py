@@ -130,7 +130,7 @@ def draw_scenarios(args: argparse.Namespace, rng: random.Random) -> list[Scenari
             runner = rng.choice(list(KILL_RUNNERS))
             trigger = rng.choices(["time", "pages", "staging"], weights=[4, 4, 2])[0]
             at = {
-                "time": rng.uniform(0.3, 1.0),  # of the reference run's duration, set later
+                "time": rng.uniform(0.05, 1.0),  # of the reference run's time (start-up is ~half)
                 "pages": rng.uniform(0.02, 0.98),
                 "staging": rng.uniform(0.0, 0.05),
             }[trigger]
