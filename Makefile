@@ -21,7 +21,7 @@ PLACEHOLDER_ETL_REPO ?= $(shell git -C '$(CURDIR)' remote get-url origin 2>/dev/
 PLACEHOLDER_ETL_BRANCH ?= $(shell git -C '$(CURDIR)' symbolic-ref --quiet --short HEAD 2>/dev/null)
 export PLACEHOLDER_ETL_REPO PLACEHOLDER_ETL_BRANCH
 
-.PHONY: help install run test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation saturn-recipes bench bench-quick soak clean
+.PHONY: help install run test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation saturn-recipes bench bench-quick soak chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -98,6 +98,9 @@ bench-quick: $(STAMP) ## A quick benchmark (10 and 10,000 users, one run)
 
 soak: $(STAMP) ## 50 runs against a flaky API (10 % 503s, random latency); writes benchmarks/SOAK.md
 	$(BIN)/python benchmarks/soak.py --runs 50
+
+chaos: $(STAMP) ## 36 faulted runs (killed, flaky API, lost Dask worker), each rerun; writes benchmarks/CHAOS.md
+	$(BIN)/python benchmarks/chaos.py --runs 36
 
 saturn-recipes: $(STAMP) ## Write build/saturn/*.json: the Saturn recipes for origin (REPO=… for another URL)
 	$(BIN)/python tools/saturn_recipes.py write --out build/saturn $(if $(REPO),--repo '$(REPO)')
