@@ -124,7 +124,7 @@ def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path) -> N
 _KILLED_COMMIT = """
 import os, signal, sys
 from pathlib import Path
-from placeholder_etl.core.staging import Staging, recover
+from placeholder_etl.core.staging import Staging
 
 renames = 0
 replace = Path.replace
