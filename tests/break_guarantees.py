@@ -1,16 +1,23 @@
 """Break one README guarantee at a time and check that the tests holding it fail.
 
-Each mutation is a one-place edit of the source, applied to a copy of the checkout (``src``,
-``tests``, ``pyproject.toml``), never to the checkout itself; the tests named for it run
-against the copy (``PYTHONPATH`` puts its ``src`` first, subprocesses and Dask workers
-inherit it). A mutation is *caught* when those tests fail.
+Each mutation is an edit of the source, applied to a copy of the checkout (``src``,
+``tests``, ``pyproject.toml``), never to the checkout itself. Most are a one-place edit; where
+a guarantee is held in two places (the compiled page path in ``fastpath.py`` and the pydantic
+path in ``contract.py``/``rows.py`` it falls back to), the mutation breaks both (``also``),
+since breaking one leaves the guarantee intact. The tests named for a mutation run against
+the copy (``PYTHONPATH`` puts its ``src`` first, subprocesses and Dask workers inherit it);
+the mutation is *caught* when they fail.
 
     .venv/bin/python -m tests.break_guarantees            # every mutation
     .venv/bin/python -m tests.break_guarantees flock fsync # some, by name
     .venv/bin/python -m tests.break_guarantees --list
+    .venv/bin/python -m tests.break_guarantees --no-baseline flock
 
-Prints one Markdown row per mutation (guarantee, breakage, tests, caught) and exits 1 when
-any mutation survived.
+First the named tests run once without any mutation (the baseline; ``--no-baseline`` skips
+it): a test that fails already cannot tell a mutation apart, so it is left out of every
+mutation's run, and a mutation left with no test is reported as not judged. Prints one
+Markdown row per mutation (guarantee, breakage, tests, caught) and exits 1 when any mutation
+survived or could not be judged.
 """
 
 from __future__ import annotations
@@ -29,7 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass(frozen=True)
 class Mutation:
-    """One guarantee broken in one place: replace ``old`` (found exactly once) by ``new``."""
+    """One guarantee broken: replace ``old`` (found exactly once in ``file``) by ``new``, and
+    likewise each ``(file, old, new)`` of ``also``."""
 
     name: str
     guarantee: str
@@ -38,13 +46,27 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
+    also: tuple[tuple[str, str, str], ...] = ()
+
+    @property
+    def edits(self) -> tuple[tuple[str, str, str], ...]:
+        return ((self.file, self.old, self.new), *self.also)
 
 
 STAGING = "src/placeholder_etl/core/staging.py"
 PIPELINE = "src/placeholder_etl/core/pipeline.py"
+TABLES = "src/placeholder_etl/core/tables.py"
+FASTPATH = "src/placeholder_etl/core/fastpath.py"
+CONTRACT = "src/placeholder_etl/core/contract.py"
+PAGES = "src/placeholder_etl/core/pages.py"
 CLIENT = "src/placeholder_etl/core/client.py"
 TASKS = "src/placeholder_etl/tasks.py"
 T = "tests/"
+#: The check of an output name, in both stagings (local folder and object store).
+_NAME_CHECK = (
+    '        if not key.replace("_", "").isalnum():\n'
+    '            raise ValueError(f"output name {key!r} must be letters, digits and underscores")\n'
+)
 
 MUTATIONS = (
     Mutation(
@@ -162,28 +184,39 @@ MUTATIONS = (
         "no-dedup",
         "Duplicate ids across pages are dropped",
         "duplicates are kept",
-        PIPELINE,
+        TABLES,
         'frame = frame.drop_duplicates("_id").sort_values',
         "frame = frame.sort_values",
-        (T + "integration/test_hostile.py::test_duplicate_ids_across_pages_are_dropped",),
+        (
+            T
+            + "unit/test_pipeline_steps.py::test_unordered_parts_are_sorted_and_the_first_occurrence_wins",
+            T + "integration/test_hostile.py::test_duplicate_ids_across_pages_are_dropped",
+        ),
     ),
     Mutation(
         "last-wins",
         "Duplicate ids: first occurrence wins",
         "the last occurrence wins",
-        PIPELINE,
+        TABLES,
         'frame = frame.drop_duplicates("_id").sort_values',
         'frame = frame.drop_duplicates("_id", keep="last").sort_values',
-        (T + "integration/test_hostile.py::test_duplicate_ids_across_pages_are_dropped",),
+        (
+            T
+            + "unit/test_pipeline_steps.py::test_unordered_parts_are_sorted_and_the_first_occurrence_wins",
+            T + "integration/test_hostile.py::test_duplicate_ids_across_pages_are_dropped",
+        ),
     ),
     Mutation(
         "no-sort",
         "Duplicate or unordered ids: the table is sorted by id",
         "unordered tables are not sorted",
-        PIPELINE,
+        TABLES,
         '.sort_values("_id", kind="stable").drop(columns="_id")',
         '.drop(columns="_id")',
-        (T + "integration/test_hostile.py::test_pages_out_of_order_are_sorted_by_id",),
+        (
+            T + "unit/test_pipeline_steps.py::test_assemble_tables_stages_every_table",
+            T + "integration/test_hostile.py::test_pages_out_of_order_are_sorted_by_id",
+        ),
     ),
     Mutation(
         "no-total-check",
@@ -202,36 +235,59 @@ MUTATIONS = (
         "Bytes that are not UTF-8 fail the run",
         "invalid bytes are replaced",
         CLIENT,
-        "    body = response.content\n",
-        '    body = response.content.decode("utf-8", "replace").encode()\n',
+        "            body=response.content,\n",
+        '            body=response.content.decode("utf-8", "replace").encode(),\n',
         (T + "integration/test_client.py::test_faults_are_classified_and_named",),
     ),
     Mutation(
         "extra-forbid",
         "Unexpected extra fields are allowed and dropped",
-        "extra fields are refused",
-        "src/placeholder_etl/core/contract.py",
+        "extra fields are refused (by the compiled path and the contract)",
+        CONTRACT,
         '_STRICT = ConfigDict(strict=True, extra="ignore")',
         '_STRICT = ConfigDict(strict=True, extra="forbid")',
-        (T + "integration/test_hostile.py::test_unexpected_extra_fields_are_allowed_and_dropped",),
+        (
+            T + "unit/test_client_rules.py::test_a_fetched_page_is_decoded_and_checked_when_asked",
+            T + "integration/test_hostile.py::test_unexpected_extra_fields_are_allowed_and_dropped",
+        ),
+        also=(
+            (
+                FASTPATH,
+                'unexpected_field_behavior="ignore",',
+                'unexpected_field_behavior="error",',
+            ),
+        ),
     ),
     Mutation(
         "string-ids",
         'The contract is strict ("3" is not an id)',
-        "string ids are accepted",
-        "src/placeholder_etl/core/contract.py",
+        "string ids are accepted (the compiled path declines them to the contract)",
+        CONTRACT,
         '_STRICT = ConfigDict(strict=True, extra="ignore")',
         '_STRICT = ConfigDict(strict=False, extra="ignore")',
-        (T + "integration/test_client.py::test_faults_are_classified_and_named",),
+        (
+            T + "unit/test_client_rules.py::test_contract_breaches_name_the_record_and_the_field",
+            T + "integration/test_client.py::test_faults_are_classified_and_named",
+        ),
     ),
     Mutation(
         "formulas",
         "Formulas are prefixed with '",
-        "formula guarding dropped",
+        "formula guarding dropped (in the compiled path and rows.py)",
         "src/placeholder_etl/core/rows.py",
         "    if not keep_formulas and _has_formula(rows):",
         "    if False:",
-        (T + "integration/test_hostile.py::test_formulas_are_neutralised_by_default",),
+        (
+            T + "unit/test_pipeline_steps.py::test_formula_guarding_follows_keep_formulas",
+            T + "integration/test_hostile.py::test_formulas_are_neutralised_by_default",
+        ),
+        also=(
+            (
+                FASTPATH,
+                "_render_text(texts, not keep_formulas)",
+                "_render_text(texts, False)",
+            ),
+        ),
     ),
     Mutation(
         "resources",
@@ -245,11 +301,22 @@ MUTATIONS = (
     Mutation(
         "names",
         "Nothing is written outside the output dir",
-        "output names are not checked",
+        "output names are not checked (local and object-store staging)",
         STAGING,
-        '        if not key.replace("_", "").isalnum():',
-        "        if False:",
-        (T + "unit/test_staging.py::test_staging_rejects_names_that_could_escape_the_directory",),
+        _NAME_CHECK + "        if not self.directory.exists():",
+        "        if not self.directory.exists():",
+        (
+            T + "unit/test_staging.py::test_staging_rejects_names_that_could_escape_the_directory",
+            T
+            + "unit/test_pipeline_steps.py::test_either_staging_refuses_names_that_could_escape_the_output",
+        ),
+        also=(
+            (
+                STAGING,
+                _NAME_CHECK + '        path = f"{self._staging_folder()}/{key}{suffix}"',
+                '        path = f"{self._staging_folder()}/{key}{suffix}"',
+            ),
+        ),
     ),
     Mutation(
         "redact",
@@ -267,16 +334,34 @@ MUTATIONS = (
         TASKS,
         '        options["cache_expiration"] = timedelta(hours=fetch.cache_hours)',
         "        pass",
-        (T + "integration/test_flow.py::test_cached_pages_expire_after_cache_hours",),
+        (
+            T
+            + "unit/test_pipeline_steps.py::test_checkpoints_older_than_the_cache_window_are_not_reused",
+            T + "integration/test_flow.py::test_cached_pages_expire_after_cache_hours",
+        ),
+        # pages are cached twice: Prefect's task cache and the page checkpoints (reused while
+        # younger than --cache-hours, their folders removed once older); break all three
+        also=(
+            (
+                PAGES,
+                '            if done is not None and (oldest is None or info["mtime"] >= oldest):',
+                "            if done is not None:",
+            ),
+            (PAGES, "        if newest < oldest:", "        if False:"),
+        ),
     ),
     Mutation(
         "chunk-key",
         "The cache key holds page size and paging",
-        "part files of chunks that differ only in page size share a folder",
-        "src/placeholder_etl/core/results.py",
-        '        text = "|".join(str(v) for v in self.model_dump().values())',
-        '        text = "|".join(str(v) for k, v in self.model_dump().items() if k != "page_size")',
-        (T + "integration/test_flow.py::test_another_page_size_or_paging_is_a_cache_miss",),
+        "page checkpoints of runs that differ only in page size share a folder",
+        PAGES,
+        "        fields = (spec.api_url, spec.resource, spec.total, spec.page_size, spec.paging)",
+        "        fields = (spec.api_url, spec.resource, spec.total, spec.paging)",
+        (
+            T
+            + "unit/test_pipeline_steps.py::test_page_checkpoints_are_kept_apart_by_every_setting_that_decides_their_rows",
+            T + "integration/test_flow.py::test_another_page_size_or_paging_is_a_cache_miss",
+        ),
     ),
     Mutation(
         "on-crashed",
@@ -297,20 +382,27 @@ def _copy_checkout(into: Path) -> None:
     shutil.copy2(ROOT / "pyproject.toml", into / "pyproject.toml")
 
 
-def run_mutation(mutation: Mutation, timeout: float = 900) -> tuple[bool, float, str]:
-    """Apply ``mutation`` to a copy and run its tests; (caught, seconds, last output line)."""
-    with tempfile.TemporaryDirectory(prefix=f"mutant-{mutation.name}-") as scratch:
+def _pytest(
+    edits: tuple[tuple[str, str, str], ...],
+    tests: list[str],
+    *options: str,
+    name: str,
+    timeout: float = 900,
+) -> tuple[int, float, str]:
+    """Run ``tests`` on a copy of the checkout with ``edits`` applied: (exit code, s, stdout)."""
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{name}-") as scratch:
         copy = Path(scratch)
         _copy_checkout(copy)
-        target = copy / mutation.file
-        source = target.read_text()
-        if source.count(mutation.old) != 1:
-            raise SystemExit(f"{mutation.name}: the text to replace is not in {mutation.file} once")
-        target.write_text(source.replace(mutation.old, mutation.new))
+        for file, old, new in edits:
+            target = copy / file
+            source = target.read_text()
+            if source.count(old) != 1:
+                raise SystemExit(f"{name}: the text to replace is not in {file} once")
+            target.write_text(source.replace(old, new))
         env = {**os.environ, "PYTHONPATH": str(copy / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, *tests],
             cwd=copy,
             env=env,
             capture_output=True,
@@ -318,29 +410,80 @@ def run_mutation(mutation: Mutation, timeout: float = 900) -> tuple[bool, float,
             timeout=timeout,
             check=False,
         )
-        lines = [line for line in result.stdout.strip().splitlines() if line.strip()]
-        return result.returncode == 1, time.monotonic() - started, lines[-1] if lines else ""
+        return result.returncode, time.monotonic() - started, result.stdout
+
+
+def baseline_failures(mutations: list[Mutation]) -> set[str]:
+    """The named tests that fail with no mutation at all (their node ids, without params)."""
+    tests = list(dict.fromkeys(t for m in mutations for t in m.tests))
+    code, _, out = _pytest((), tests, "-rfE", name="baseline", timeout=3600)
+    if code not in (0, 1):
+        raise SystemExit(f"baseline: pytest exited with {code}:\n{out[-2000:]}")
+    failed = set()
+    for line in out.splitlines():
+        kind, _, rest = line.partition(" ")
+        if kind in ("FAILED", "ERROR") and rest.startswith("tests/"):
+            failed.add(rest.split(" - ", 1)[0].split("[", 1)[0])
+    return failed
+
+
+def _fails(test: str, failed: set[str]) -> bool:
+    return any(f == test or f.startswith(test + "::") or test.startswith(f + "::") for f in failed)
+
+
+def run_mutation(
+    mutation: Mutation, tests: tuple[str, ...] | None = None, timeout: float = 900
+) -> tuple[bool, float, str]:
+    """Apply ``mutation`` to a copy and run its tests (or ``tests``); (caught, s, last line)."""
+    code, seconds, out = _pytest(
+        mutation.edits, list(tests or mutation.tests), "-x", name=mutation.name, timeout=timeout
+    )
+    lines = [line for line in out.strip().splitlines() if line.strip()]
+    return code == 1, seconds, lines[-1] if lines else ""
 
 
 def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return 0
     if argv == ["--list"]:
         for mutation in MUTATIONS:
             print(f"{mutation.name}: {mutation.guarantee} — {mutation.breakage}")
         return 0
-    chosen = [m for m in MUTATIONS if not argv or m.name in argv]
+    check = "--no-baseline" not in argv
+    names = [a for a in argv if a != "--no-baseline"]
+    unknown = sorted(set(names) - {m.name for m in MUTATIONS})
+    if unknown:
+        raise SystemExit(f"unknown mutation {', '.join(unknown)}: see --list")
+    chosen = [m for m in MUTATIONS if not names or m.name in names]
+    failed = baseline_failures(chosen) if check else set()
+    if failed:
+        print("Failing without any mutation (left out below):", flush=True)
+        for test in sorted(failed):
+            print(f"- `{test}`", flush=True)
+        print(flush=True)
     print("| guarantee | breakage | test | caught |\n| --- | --- | --- | --- |", flush=True)
-    survived = 0
+    bad = 0
     for mutation in chosen:
-        caught, seconds, last = run_mutation(mutation)
-        survived += not caught
+        usable = tuple(t for t in mutation.tests if not _fails(t, failed))
+        left_out = [t.split("::")[-1] for t in mutation.tests if t not in usable]
+        note = f"; left out, failing unmutated: {', '.join(left_out)}" if left_out else ""
         tests = ", ".join(f"`{t.split('/')[-1]}`" for t in mutation.tests)
-        verdict = "yes" if caught else f"**no** ({last})"
+        if not usable:
+            bad += 1
+            verdict, seconds = f"**not judged** (every test fails unmutated{note})", 0.0
+        else:
+            caught, seconds, last = run_mutation(mutation, usable)
+            bad += not caught
+            verdict = (
+                f"yes{f' ({note[2:]})' if note else ''}" if caught else f"**no** ({last}{note})"
+            )
         print(
             f"| {mutation.guarantee} | {mutation.breakage} (`{mutation.name}`) | {tests} | "
             f"{verdict} ({seconds:.0f} s) |",
             flush=True,
         )
-    return 1 if survived else 0
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
+import orjson
 import pytest
 import requests
 
@@ -20,8 +22,16 @@ from placeholder_etl.core.errors import (
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.rows import flat_rows
 from placeholder_etl.core.settings import ClientSettings, FetchSettings, default_cache_dir
+from placeholder_etl.core.store import Store
 
 WHERE = "users page 2 from http://api.test/users"
+
+
+def raw_page(body: bytes, content_type: str = "application/json", resource: str = "users"):
+    """A page as ``ApiClient.get_page`` returns it: the body not decoded yet."""
+    return client_module.RawPage(
+        resource, 2, "http://api.test/users", WHERE, body, content_type, None, 0
+    )
 
 
 def response(body: bytes, content_type: str = "application/json", **headers: str):
@@ -83,12 +93,28 @@ def test_retry_after_is_capped_at_the_setting() -> None:
 )
 def test_bodies_that_are_not_a_json_list_are_permanent(body, content_type, message) -> None:
     with pytest.raises(PermanentError) as caught:
-        client_module._decode_list(response(body, content_type), WHERE)
+        client_module._decode_list(body, content_type, WHERE)
+    assert str(caught.value).startswith(f"{WHERE}: {message}")
+    with pytest.raises(PermanentError) as caught:  # a fetched page decodes the same way
+        raw_page(body, content_type).records()
     assert str(caught.value).startswith(f"{WHERE}: {message}")
 
 
 def test_a_json_list_is_decoded() -> None:
-    assert client_module._decode_list(response(b'[{"id": 1}, 2]'), WHERE) == [{"id": 1}, 2]
+    assert client_module._decode_list(b'[{"id": 1}, 2]', "application/json", WHERE) == [
+        {"id": 1},
+        2,
+    ]
+
+
+def test_a_fetched_page_is_decoded_and_checked_when_asked() -> None:
+    """``get_page`` returns the body as sent; ``RawPage.records`` decodes and checks it."""
+    post = {"userId": 1, "id": 7, "title": "t", "body": "b"}
+    page = raw_page(orjson.dumps([post | {"extra": [1]}]), resource="posts")
+    assert page.records() == [post]  # extra fields dropped
+    breach = raw_page(orjson.dumps([post | {"id": "7"}]), resource="posts")
+    with pytest.raises(ContractError, match="^" + re.escape(f"{WHERE}: record id='7' field id")):
+        breach.records()
 
 
 @pytest.mark.parametrize(
@@ -221,5 +247,11 @@ def test_the_cache_folder_follows_the_settings_then_the_environment(monkeypatch,
     assert default_cache_dir() == tmp_path / "home" / ".cache" / "placeholder-etl"
     monkeypatch.setenv("PLACEHOLDER_ETL_CACHE_DIR", "~/pages")
     assert default_cache_dir() == tmp_path / "home" / "pages"
-    assert FetchSettings(cache_dir="~/mine").cache_path() == tmp_path / "home" / "mine"
-    assert FetchSettings().cache_path() == tmp_path / "home" / "pages"
+    mine = FetchSettings(cache_dir="~/mine").cache_url()
+    assert Path(Store.open(mine).root) == tmp_path / "home" / "mine"
+    assert FetchSettings().cache_url() == str(tmp_path / "home" / "pages")
+    assert FetchSettings().cache_url("out") == str(tmp_path / "home" / "pages")
+    assert FetchSettings().cache_url("file:///tmp/out") == str(tmp_path / "home" / "pages")
+    # an object-store output keeps its pages beside it, where remote workers can write
+    assert FetchSettings().cache_url("s3://b/out/") == "s3://b/out/_placeholder_etl/cache"
+    assert FetchSettings(cache_dir="~/mine").cache_url("s3://b/out") == "~/mine"
