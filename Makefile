@@ -100,7 +100,7 @@ soak: $(STAMP) ## 50 runs against a flaky API (10 % 503s, random latency); write
 	$(BIN)/python benchmarks/soak.py --runs 50
 
 chaos: $(STAMP) ## 36 faulted runs (killed, flaky API, lost Dask worker), each rerun; writes benchmarks/CHAOS.md
-	$(BIN)/python benchmarks/chaos.py --runs 36
+	$(BIN)/python benchmarks/chaos.py --runs 36 --commit-kills 4
 
 saturn-recipes: $(STAMP) ## Write build/saturn/*.json: the Saturn recipes for origin (REPO=… for another URL)
 	$(BIN)/python tools/saturn_recipes.py write --out build/saturn $(if $(REPO),--repo '$(REPO)')

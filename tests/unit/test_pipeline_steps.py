@@ -333,14 +333,7 @@ def test_assemble_tables_stages_every_table(tmp_path) -> None:
         "comments",
         "albums",
         "photos",
-        pytest.param(
-            "todos",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="src bug: tables._sorted_frame reads 'completed' as text and casts it "
-                "with astype(bool): every 'False' becomes True",
-            ),
-        ),
+        "todos",
     ],
 )
 @pytest.mark.parametrize("fmt", ["csv", "parquet"])

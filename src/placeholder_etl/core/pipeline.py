@@ -368,9 +368,9 @@ def receive_parts(result: ChunkResult, cache: Store) -> ChunkResult:
         return result
     parts = {}
     for table, data in result.packed.items():
-        path = cache.path(
-            "received", result.spec.resource, f"{_chunk_name(result.spec)}.{table}.csv"
-        )
+        # named for its run too: concurrent runs sharing a cache never write each other's
+        name = f"{_chunk_name(result.spec)}-{result.flow_run_id or 'local'}.{table}.csv"
+        path = cache.path("received", result.spec.resource, name)
         cache.put(path, zlib.decompress(data))
         parts[table] = [path]
     return result.model_copy(update={"parts": parts, "packed": None})

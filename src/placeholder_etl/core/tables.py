@@ -195,8 +195,12 @@ def _sorted_frame(table: str, store: Store, parts: Sequence[str]) -> Any:
     id_column = "ID" if table == "users" else "id"
     frame = frame.assign(_id=frame[id_column].astype("int64"))
     frame = frame.drop_duplicates("_id").sort_values("_id", kind="stable").drop(columns="_id")
-    types = {c: t for c, t in _pandas_types(table).items() if c in frame}
-    return frame.astype(types) if types else frame
+    for column, kind in _pandas_types(table).items():
+        if kind == "bool":  # the text "False" is not false to astype(bool)
+            frame[column] = frame[column].map({"True": True, "False": False}).astype("bool")
+        else:
+            frame[column] = frame[column].astype(kind)
+    return frame
 
 
 def _pandas_types(table: str) -> dict[str, str]:
