@@ -168,12 +168,16 @@ def _received(
     cache: Store,
     args: dict[str, Any],
 ) -> list[ChunkResult]:
-    """Write shipped rows beside the flow; fetch again cached chunks whose pages are gone."""
+    """Write shipped rows beside the flow; fetch again (together) the cached chunks whose
+    pages are gone."""
     received = [pipeline.receive_parts(r, cache) for r in results]
-    for i, (spec, result) in enumerate(zip(chunks, received, strict=True)):
-        if pipeline.parts_missing(result, cache):
-            get_run_logger().info("%s: cached pages are gone, fetching again", spec.label)
-            fresh = extract.with_options(refresh_cache=True)(spec, **args)
+    gone = [i for i, result in enumerate(received) if pipeline.parts_missing(result, cache)]
+    if gone:
+        get_run_logger().info("%d cached chunks' pages are gone, fetching them again", len(gone))
+        again = extract.with_options(refresh_cache=True).map(
+            [chunks[i] for i in gone], **{k: unmapped(v) for k, v in args.items()}
+        )
+        for i, fresh in zip(gone, again.result(), strict=True):
             received[i] = pipeline.receive_parts(fresh, cache)
     return received
 

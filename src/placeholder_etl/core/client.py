@@ -279,15 +279,16 @@ class InFlight:
 
     Little's law: to keep ``cores`` busy with pages that each wait ``wait`` seconds for the
     API and then take ``work`` seconds of CPU, about ``cores * (wait + work) / work`` pages
-    must be on their way. Fetchers :meth:`record` both times (moving averages); the window
+    must be on their way. Fetchers :meth:`record` both (``work`` as the thread's CPU time,
+    which contention does not inflate; moving averages); the window
     grows while latency dominates and shrinks when the work is CPU-bound, so a fast API is
     not flooded with threads that only contend for the cores, and a slow one gets up to
     ``cap`` requests at once — never more (a real API's limit, see ``--in-flight``).
     """
 
-    def __init__(self, cap: int, cores: int = 2, start: int = 4) -> None:
+    def __init__(self, cap: int, cores: int = 2) -> None:
         self.cap, self.cores = max(1, cap), max(1, cores)
-        self.size = min(self.cap, start)
+        self.size = self.cap  # until the first pages say otherwise
         self._wait: float | None = None
         self._work: float | None = None
 
@@ -296,8 +297,8 @@ class InFlight:
 
     def record(self, wait: float, work: float) -> None:
         """One page took ``wait`` seconds from the API and ``work`` seconds to process."""
-        self._wait = wait if self._wait is None else 0.8 * self._wait + 0.2 * wait
-        self._work = work if self._work is None else 0.8 * self._work + 0.2 * work
+        self._wait = wait if self._wait is None else 0.7 * self._wait + 0.3 * wait
+        self._work = work if self._work is None else 0.7 * self._work + 0.3 * work
         busy = max(self._work, 1e-4)
         wanted = math.ceil(self.cores * (self._wait + busy) / busy)
         self.size = max(1, min(self.cap, wanted))

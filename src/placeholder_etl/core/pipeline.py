@@ -310,9 +310,10 @@ def extract_chunk(
                 return done[number], -1
             asked = time.perf_counter()
             raw = api.get_page(spec.resource, number, spec.page_size, spec.paging)
-            got = time.perf_counter()
+            got, cpu = time.perf_counter(), time.thread_time()
             page = book.write(number, render_page(raw, keep_formulas))
-            window.record(got - asked, time.perf_counter() - got)
+            # the page's own CPU time: waiting for the GIL or a core does not count
+            window.record(got - asked, time.thread_time() - cpu)
             return page, raw.retries
 
         for page, retries in ordered_map(fetch, _page_numbers(spec), window):

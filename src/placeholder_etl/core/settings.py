@@ -77,7 +77,7 @@ class ClientSettings(_Group):
     retries: int = Field(3, ge=0, description="Extra attempts per request on transient faults.")
     backoff: float = Field(0.25, ge=0, description="Base of the exponential backoff, seconds.")
     max_retry_after: float = Field(30.0, ge=0, description="Longest Retry-After honoured.")
-    pool_size: int = Field(16, ge=1, description="Connections kept open per client.")
+    pool_size: int = Field(32, ge=1, description="Connections kept open per client.")
 
 
 class FetchSettings(_Group):
@@ -91,7 +91,7 @@ class FetchSettings(_Group):
         description="Pages one task fetches (default: about two tasks per worker thread).",
     )
     in_flight: int = Field(
-        16,
+        32,
         ge=1,
         le=256,
         description="Most requests in flight per task (a real API's limit); fewer while pages "
