@@ -285,3 +285,21 @@ def test_the_run_the_cli_names_carries_its_artifacts_and_progress(tmp_path) -> N
     by_key = {a.key: a for a in artifacts}
     assert {"placeholder-etl-tables", "placeholder-etl-summary"} <= set(by_key)
     assert by_key["placeholder-etl-progress"].data == 100.0
+
+
+def test_every_request_in_flight_has_a_pooled_connection(tmp_path) -> None:
+    """--in-flight 32 over a slow API: 32 requests at once, and no connection discarded
+    because the pool was smaller ("Connection pool is full")."""
+    with make_server(users=640, latency=0.3) as server:
+        result = run_cli(
+            *("run", "--verbose", "--api-url", server.url, "--runner", "local"),
+            *("--in-flight", "32", "--page-size", "10", "--pages-per-task", "64"),
+            *("--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")),
+        )
+        log = server.log()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Connection pool is full" not in result.stderr
+    starts = sorted(entry["t"] for entry in log if "_limit=10" in entry["path"])
+    assert len(starts) == 64
+    # the 0.3 s latency: requests that overlap were in flight together
+    assert max(sum(1 for t in starts if s <= t < s + 0.25) for s in starts) >= 17

@@ -278,7 +278,7 @@ def extract_chunk(
     spec: ChunkSpec,
     cache: Store,
     client: ClientSettings | None = None,
-    in_flight: int = 16,
+    in_flight: int = 32,
     keep_formulas: bool = False,
     max_age: float | None = None,
 ) -> ChunkResult:

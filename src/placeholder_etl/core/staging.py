@@ -224,8 +224,8 @@ def recover(directory: Path) -> list[Path]:
     Returns:
         The files removed.
     """
-    if not directory.is_dir():
-        return []
+    if not directory.is_dir() or not any(directory.glob(f"{JOURNAL_PREFIX}*")):
+        return []  # nothing to undo (and no lock file made in an output dir that had none)
     removed = []
     with (directory / LOCK_NAME).open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
