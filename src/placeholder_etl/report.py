@@ -21,6 +21,7 @@ from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.settings import environment
 from placeholder_etl.core.staging import atomic_write
+from placeholder_etl.core.transform import ACTIVITY_COLUMNS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -32,15 +33,7 @@ REPORT_NOTEBOOK = "05-run-report.ipynb"
 HIDDEN_TAG = "remove_cell"
 #: the columns :func:`activity_per_user` returns, when the run has their tables (the order
 #: of the pipeline's ``user_activity`` table)
-ACTIVITY_MEASURES = (
-    "posts_written",
-    "comments_received",
-    "todos",
-    "todos_done",
-    "todos_done_ratio",
-    "albums",
-    "photos",
-)
+ACTIVITY_MEASURES = ACTIVITY_COLUMNS[2:]  # without user_id and name
 
 
 class ReportError(EtlError):
