@@ -16,10 +16,11 @@ PREFECT_PORT ?= 4200
 # checkout's `origin` remote, or of this checkout itself when it has none (git clones a path:
 # its last commit, not uncommitted work), at the branch checked out here (none when detached:
 # the repository's default).
-export PLACEHOLDER_ETL_HOME := $(CURDIR)
+# Handed to `prefect deploy` only, so that a make run inside this one (the tests) works out
+# its own checkout's values.
+PLACEHOLDER_ETL_HOME := $(CURDIR)
 PLACEHOLDER_ETL_REPO ?= $(shell git -C '$(CURDIR)' remote get-url origin 2>/dev/null || echo '$(CURDIR)')
 PLACEHOLDER_ETL_BRANCH ?= $(shell git -C '$(CURDIR)' symbolic-ref --quiet --short HEAD 2>/dev/null)
-export PLACEHOLDER_ETL_REPO PLACEHOLDER_ETL_BRANCH
 
 .PHONY: help install run test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation saturn-recipes bench bench-quick soak chaos clean
 
@@ -79,7 +80,8 @@ deploy: $(STAMP) ## Deploy prefect.yaml to PREFECT_API_URL; daily-git clones ori
 	@echo "daily-git clones $(PLACEHOLDER_ETL_REPO) $(if $(PLACEHOLDER_ETL_BRANCH),branch $(PLACEHOLDER_ETL_BRANCH),at its default branch)"
 	$(BIN)/prefect work-pool inspect $(POOL) >/dev/null 2>&1 || \
 		$(BIN)/prefect work-pool create $(POOL) --type process
-	$(BIN)/prefect --no-prompt deploy --all
+	PLACEHOLDER_ETL_HOME='$(PLACEHOLDER_ETL_HOME)' PLACEHOLDER_ETL_REPO='$(PLACEHOLDER_ETL_REPO)' \
+		PLACEHOLDER_ETL_BRANCH='$(PLACEHOLDER_ETL_BRANCH)' $(BIN)/prefect --no-prompt deploy --all
 
 worker: $(STAMP) ## Start a process worker on the work pool (POOL=placeholder-etl)
 	$(BIN)/prefect worker start --pool $(POOL)

@@ -33,6 +33,8 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = [
     d["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]
 ]
+# What `make deploy` works out from the checkout it runs in unless the environment sets it.
+DEPLOY_SETTINGS = ("PLACEHOLDER_ETL_REPO", "PLACEHOLDER_ETL_BRANCH")
 
 
 def _free_port() -> int:
@@ -64,7 +66,8 @@ def prefect_server(tmp_path_factory) -> Iterator[Server]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    env.pop("PREFECT_API_URL", None)
+    for inherited in ("PREFECT_API_URL", *DEPLOY_SETTINGS):
+        env.pop(inherited, None)
     log = (home / "server.log").open("w")
     process = subprocess.Popen(
         make_command("server", f"PREFECT_PORT={port}"),
@@ -169,16 +172,23 @@ def test_make_deploy_clones_origin_or_else_the_checkout_itself(clone, tmp_path) 
     lonely = tmp_path / "no-origin"
     _git("clone", "--quiet", str(clone), str(lonely), cwd=tmp_path)
     _git("remote", "remove", "origin", cwd=lonely)
-    for checkout, repository in [(clone, ROOT), (lonely, lonely)]:
+    own = {k: v for k, v in os.environ.items() if k not in DEPLOY_SETTINGS}
+    elsewhere = "https://git.example.org/fork.git"
+    for checkout, repository, env in [
+        (clone, ROOT, own),
+        (lonely, lonely, own),
+        (clone, elsewhere, {**own, "PLACEHOLDER_ETL_REPO": elsewhere}),  # the user's choice
+    ]:
         dry = subprocess.run(
             make_command("-n", "deploy", directory=checkout),
-            env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
+            env={**env, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
             capture_output=True,
             text=True,
             timeout=60,
             check=True,
         )
         assert f"daily-git clones {repository} branch " in dry.stdout
+        assert f"PLACEHOLDER_ETL_REPO='{repository}'" in dry.stdout  # what prefect deploy gets
     assert "github.com" not in (ROOT / "Makefile").read_text()
 
 
