@@ -86,6 +86,57 @@ def test_a_commit_that_fails_halfway_leaves_the_output_dir_as_it_was(tmp_path, t
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
 
 
+@pytest.fixture
+def fsyncs(monkeypatch, tmp_path) -> list[tuple[str, list[str]]]:
+    """Every real fsync from here on: what it synced, and the names in ``tmp_path`` then."""
+    synced: list[tuple[str, list[str]]] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        real(fd)
+        names = sorted(p.name for p in tmp_path.iterdir())
+        synced.append((str(Path(f"/proc/self/fd/{fd}").readlink()), names))
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return synced
+
+
+def test_every_file_is_on_disk_before_its_final_name_and_the_names_before_commit_returns(
+    tmp_path, fsyncs
+) -> None:
+    """Durable through a power cut: a file is fsynced while only its temporary name exists,
+    and the directory (the renames) once every final name exists."""
+    staging = Staging(tmp_path)
+    for key in ("users", "users_flat"):
+        with staging.open_table(key) as handle:
+            handle.write(b"ID\n1\n")
+    temps = {f"{key}{suffix}": str(tmp) for key, (suffix, tmp) in staging.staged.items()}
+    stamp = staging.commit(lambda stamp: b"{}\n")
+    (manifest_temp,) = {path for path, _ in fsyncs if Path(path).name.startswith(".manifest")}
+    temps["manifest.json"] = manifest_temp
+    finals = {name.replace(".", f"_{stamp}.", 1): temp for name, temp in temps.items()}
+    assert sorted(finals) == sorted(p.name for p in tmp_path.glob("[!.]*"))
+    for final, temp in finals.items():
+        (names,) = [names for path, names in fsyncs if path == temp]
+        assert Path(temp).name in names
+        assert final not in names
+    assert any(path == str(tmp_path) and set(finals) <= set(names) for path, names in fsyncs)
+
+
+def test_atomic_write_syncs_the_file_before_the_rename_and_the_rename_after(
+    tmp_path, fsyncs
+) -> None:
+    target = tmp_path / "seen.json"
+    target.write_text("old\n")
+    with atomic_write(target) as handle:
+        handle.write(b"new\n")
+    (file_sync, dir_sync) = fsyncs
+    assert Path(file_sync[0]).name.startswith(".seen.json.")  # the temporary file, ...
+    assert target.read_text() == "new\n"
+    assert dir_sync[0] == str(tmp_path)  # ... then the directory, after the rename
+    assert dir_sync[1] == ["seen.json"]
+
+
 def test_abort_removes_temps_and_a_directory_it_created(tmp_path) -> None:
     staging = Staging(tmp_path / "new")
     staging.temp_path("users").write_text("x")

@@ -65,8 +65,7 @@ def atomic_write(
         with tmp.open("wb") as handle:
             yield handle
             if sync:
-                handle.flush()
-                os.fsync(handle.fileno())
+                fsync_file(handle)
         if exclusive:
             os.link(tmp, path)
             tmp.unlink()
