@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
-import hashlib
 import json
 import os
 import random
@@ -220,14 +219,6 @@ def first_column_ids(path: Path) -> list[int]:
         return [int(row[0]) for row in rows if row]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def final_names(out: Path) -> set[str]:
     """Files under final names (temporaries and the lock file start with a dot)."""
     return {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
@@ -276,7 +267,7 @@ def audit(out: Path, reference: Reference, seen: frozenset[str] = frozenset()) -
         for table, info in tables.items():
             claimed.add(info["file"])
             path = out / info["file"]
-            if not path.exists() or sha256(path) != info["sha256"]:
+            if not path.exists() or bench.sha256(path) != info["sha256"]:
                 found.broken.append(info["file"])
                 continue
             expected = reference.tables.get(table)
