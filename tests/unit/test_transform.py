@@ -7,7 +7,7 @@ import pytest
 
 from placeholder_etl.core.contract import check_records
 from placeholder_etl.core.errors import ContractError
-from placeholder_etl.core.rows import FLAT_COLUMNS, SEED_COLUMNS
+from placeholder_etl.core.rows import FLAT_COLUMNS, FLAT_PATHS, SEED_COLUMNS, row_of
 from placeholder_etl.core.transform import (
     ACTIVITY_COLUMNS,
     flatten_records,
@@ -56,13 +56,31 @@ def test_seed_users_are_in_id_order() -> None:
     assert frame["Name"].tolist() == ["User 1", "User 2", "User 3"]
 
 
+def test_each_flat_column_is_its_path_in_snake_case_and_holds_that_leaf() -> None:
+    assert FLAT_COLUMNS["photos"] == ("album_id", "id", "title", "url", "thumbnail_url")
+    assert FLAT_COLUMNS["comments"] == ("post_id", "id", "name", "email", "body")
+    leaves = []
+    for path in FLAT_PATHS["users"]:
+        value = LEANNE
+        for key in path.split("."):
+            value = value[key]
+        leaves.append(value)
+    assert row_of("users")(LEANNE) == tuple(leaves)  # the hand-written lookup reads every path
+
+
 def test_flatten_users_names_nested_leaves_and_parses_coordinates() -> None:
     frame = flatten_records("users", [LEANNE])
-    assert tuple(frame.columns) == FLAT_COLUMNS["users"]
+    assert list(frame.columns) == [  # written out: FLAT_COLUMNS is derived from FLAT_PATHS
+        *("id", "name", "username", "email"),
+        *("address_street", "address_suite", "address_city", "address_zipcode"),
+        *("address_geo_lat", "address_geo_lng", "phone", "website"),
+        *("company_name", "company_catch_phrase", "company_bs"),
+    ]
     row = frame.iloc[0]
     assert row["address_geo_lat"] == pytest.approx(-37.3159)
     assert row["address_geo_lng"] == pytest.approx(81.1496)
     assert frame["address_geo_lat"].dtype == "float64"
+    assert row["company_catch_phrase"] == LEANNE["company"]["catchPhrase"]
     assert row["company_catch_phrase"] == "Multi-layered client-server neural-net"
 
 

@@ -46,6 +46,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from placeholder_etl.core.resources import TABLES
+from placeholder_etl.core.rows import FLAT_PATHS
 
 __all__ = ["PageTables", "page_tables", "warm_up"]
 
@@ -85,31 +86,6 @@ _RECORD: dict[str, pa.StructType] = {
     "todos": pa.struct([("userId", _I), ("id", _I), ("title", _S), ("completed", pa.bool_())]),
 }
 
-#: Leaves of each flat table, as paths into the record, in rows.FLAT_COLUMNS order.
-_FLAT_PATHS: dict[str, tuple[str, ...]] = {
-    "users": (
-        "id",
-        "name",
-        "username",
-        "email",
-        "address.street",
-        "address.suite",
-        "address.city",
-        "address.zipcode",
-        "address.geo.lat",
-        "address.geo.lng",
-        "phone",
-        "website",
-        "company.name",
-        "company.catchPhrase",
-        "company.bs",
-    ),
-    "posts": ("userId", "id", "title", "body"),
-    "comments": ("postId", "id", "name", "email", "body"),
-    "albums": ("userId", "id", "title"),
-    "photos": ("albumId", "id", "title", "url", "thumbnailUrl"),
-    "todos": ("userId", "id", "title", "completed"),
-}
 _COORDINATES = frozenset({"address.geo.lat", "address.geo.lng"})
 #: The seed table's columns (rows.SEED_COLUMNS); "address" is street, suite, city.
 _SEED_PATHS = ("id", "name", "username", "email", "address", "phone", "company.name")
@@ -253,7 +229,7 @@ def _page_tables(resource: str, body: bytes, keep_formulas: bool) -> PageTables:
         return PageTables({name: b"" for name in TABLES[resource]}, 0, None, None, True)
     ids = leaves["id"]
     users = resource == "users"
-    paths = _FLAT_PATHS[resource]
+    paths = FLAT_PATHS[resource]
 
     # All text of the page is rendered in one go (one array, a handful of kernel calls),
     # then cut back into columns: per-column calls cost more in Python than in C++.

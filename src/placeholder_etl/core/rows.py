@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from operator import itemgetter
@@ -18,6 +19,7 @@ from placeholder_etl.core.errors import ContractError
 
 __all__ = [
     "FLAT_COLUMNS",
+    "FLAT_PATHS",
     "FORMULA_PREFIXES",
     "SEED_COLUMNS",
     "csv_header",
@@ -37,30 +39,41 @@ SEED_COLUMNS: tuple[str, ...] = (
     "Company",
 )
 
-#: Columns of each flattened table, in the API's field order.
-FLAT_COLUMNS: dict[str, tuple[str, ...]] = {
+#: Leaves of each flat table, as paths into the API's records, in the API's field order.
+FLAT_PATHS: dict[str, tuple[str, ...]] = {
     "users": (
         "id",
         "name",
         "username",
         "email",
-        "address_street",
-        "address_suite",
-        "address_city",
-        "address_zipcode",
-        "address_geo_lat",
-        "address_geo_lng",
+        "address.street",
+        "address.suite",
+        "address.city",
+        "address.zipcode",
+        "address.geo.lat",
+        "address.geo.lng",
         "phone",
         "website",
-        "company_name",
-        "company_catch_phrase",
-        "company_bs",
+        "company.name",
+        "company.catchPhrase",
+        "company.bs",
     ),
-    "posts": ("user_id", "id", "title", "body"),
-    "comments": ("post_id", "id", "name", "email", "body"),
-    "albums": ("user_id", "id", "title"),
-    "photos": ("album_id", "id", "title", "url", "thumbnail_url"),
-    "todos": ("user_id", "id", "title", "completed"),
+    "posts": ("userId", "id", "title", "body"),
+    "comments": ("postId", "id", "name", "email", "body"),
+    "albums": ("userId", "id", "title"),
+    "photos": ("albumId", "id", "title", "url", "thumbnailUrl"),
+    "todos": ("userId", "id", "title", "completed"),
+}
+
+
+def _column(path: str) -> str:
+    """``company.catchPhrase`` → ``company_catch_phrase``: snake_case, joined with ``_``."""
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", path).replace(".", "_").lower()
+
+
+#: Columns of each flattened table: :data:`FLAT_PATHS` as column names.
+FLAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    resource: tuple(map(_column, paths)) for resource, paths in FLAT_PATHS.items()
 }
 
 #: Text starting with one of these runs as a formula in a spreadsheet (CSV injection).
@@ -159,6 +172,7 @@ def row_of(resource: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
 
 
 def _user_row(user: Mapping[str, Any]) -> tuple[Any, ...]:
+    """The users' :data:`FLAT_PATHS`, written out (faster than walking the paths)."""
     address, company = user["address"], user["company"]
     return (
         user["id"],
@@ -179,13 +193,9 @@ def _user_row(user: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
-# One function per resource that reads a record's leaves in FLAT_COLUMNS order: a direct
+# One function per resource that reads a record's leaves in FLAT_PATHS order: a direct
 # lookup is ~30x faster than walking each record's keys and renaming them to snake_case.
 _ROW_OF: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {
-    "users": _user_row,
-    "posts": itemgetter("userId", "id", "title", "body"),
-    "comments": itemgetter("postId", "id", "name", "email", "body"),
-    "albums": itemgetter("userId", "id", "title"),
-    "photos": itemgetter("albumId", "id", "title", "url", "thumbnailUrl"),
-    "todos": itemgetter("userId", "id", "title", "completed"),
+    resource: _user_row if resource == "users" else itemgetter(*paths)
+    for resource, paths in FLAT_PATHS.items()
 }
