@@ -46,6 +46,32 @@ def run_cli(
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def run_etl(
+    api_url: str,
+    out: Path,
+    *options: str,
+    cache: Path | None = None,
+    runner: str | None = "local",
+    **kwargs: Any,
+):
+    """``placeholder-etl run`` from ``api_url`` into ``out``, then ``options``.
+
+    ``cache`` is the page cache folder (None: ``--no-cache``); ``runner`` the task runner
+    (None: the CLI's default). Keywords are :func:`run_cli`'s.
+    """
+    return run_cli(
+        *("run", "--api-url", api_url, "--output-dir", str(out)),
+        *(("--runner", runner) if runner else ()),
+        *(("--cache-dir", str(cache)) if cache else ("--no-cache",)),
+        *options,
+        **kwargs,
+    )
+
+
+#: The tutorial's users table header, written out (not read from the code under test).
+SEED_HEADER = ["ID", "Name", "Username", "Email", "Address", "PhoneNumber", "Company"]
+
+
 def make_command(*args: str, directory: Path = ROOT) -> list[str]:
     """``make -C directory ARGS`` with this interpreter's environment as the Makefile's VENV.
 

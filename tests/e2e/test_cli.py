@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from placeholder_api.server import make_server
-from tests.helpers import requests_by_url, run_cli, snapshot
+from tests.helpers import SEED_HEADER, requests_by_url, run_cli, run_etl, snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -26,18 +26,8 @@ def _earlier_output(out: Path) -> dict[str, bytes]:
 
 def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
     out = tmp_path / "out"
-    result = run_cli(
-        "run",
-        "--api-url",
-        "bundled",
-        "--bundled-users",
-        "12",
-        "--runner",
-        "dask",
-        "--output-dir",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
+    result = run_etl(
+        *("bundled", out, "--bundled-users", "12"), cache=tmp_path / "cache", runner="dask"
     )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
@@ -46,15 +36,7 @@ def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
     (users,) = out.glob("users_[0-9]*.csv")
     assert users.name in result.stdout
     frame = pd.read_csv(users)
-    assert list(frame.columns) == [
-        "ID",
-        "Name",
-        "Username",
-        "Email",
-        "Address",
-        "PhoneNumber",
-        "Company",
-    ]
+    assert list(frame.columns) == SEED_HEADER
     assert frame["ID"].tolist() == list(range(1, 13))
     assert "bundled API server with 12 users" in result.stdout
 
@@ -63,19 +45,7 @@ def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
 def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path, fault) -> None:
     out = tmp_path / "out"
     with make_server(users=30, fault=fault) as server:
-        result = run_cli(
-            "run",
-            "--api-url",
-            server.url,
-            "--runner",
-            "local",
-            "--page-size",
-            "10",
-            "--output-dir",
-            str(out),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        )
+        result = run_etl(server.url, out, "--page-size", "10", cache=tmp_path / "cache")
         assert result.returncode == 0, result.stderr[-3000:]
         assert server.stats()["faults_injected"] >= 4
     (users,) = out.glob("users_[0-9]*.csv")
@@ -111,18 +81,9 @@ def test_bad_input_fails_clearly_and_touches_nothing(tmp_path, fault, page, mess
     before = _earlier_output(out)
     with make_server(users=30, fault=fault, fault_page=page) as server:
         started = time.monotonic()
-        result = run_cli(
-            "run",
-            "--api-url",
-            server.url,
-            "--runner",
-            "local",
-            "--page-size",
-            "10",
-            "--output-dir",
-            str(out),
-            "--cache-dir",
-            str(tmp_path / "cache"),
+        result = run_etl(
+            *(server.url, out, "--page-size", "10"),
+            cache=tmp_path / "cache",
             timeout=420,  # longer than any bound below, so they are what fails
         )
         elapsed = time.monotonic() - started
@@ -229,23 +190,14 @@ def test_command_line_runs_start_no_heartbeat_thread_unless_asked(monkeypatch) -
 def test_without_a_prefect_api_the_run_brings_its_own(tmp_path, monkeypatch, processes) -> None:
     """`make run`'s path: no PREFECT_API_URL, so one ephemeral Prefect server for the run,
     shared with the Dask worker processes (they inherit its URL), and stopped at the end."""
-    import re
     import socket
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     out = tmp_path / "out"
-    result = run_cli(
-        "run",
-        "--verbose",
-        "--api-url",
-        "bundled",
-        "--bundled-users",
-        "12",
-        processes,
-        "--output-dir",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
+    result = run_etl(
+        *("bundled", out, "--verbose", "--bundled-users", "12", processes),
+        cache=tmp_path / "cache",
+        runner=None,
         env={"PREFECT_HOME": str(tmp_path / "prefect-home")},  # a first start: creates its DB
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -267,10 +219,7 @@ def test_the_run_the_cli_names_carries_its_artifacts_and_progress(tmp_path) -> N
 
     out = tmp_path / "out"
     with make_server(users=300) as server:
-        result = run_cli(
-            *("run", "--api-url", server.url, "--page-size", "10", "--runner", "local"),
-            *("--output-dir", str(out), "--cache-dir", str(tmp_path / "cache")),
-        )
+        result = run_etl(server.url, out, "--page-size", "10", cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith("progress: 100% · 30/30 pages · 300 rows") for line in lines)
@@ -291,10 +240,10 @@ def test_every_request_in_flight_has_a_pooled_connection(tmp_path) -> None:
     """--in-flight 32 over a slow API: 32 requests at once, and no connection discarded
     because the pool was smaller ("Connection pool is full")."""
     with make_server(users=640, latency=0.3) as server:
-        result = run_cli(
-            *("run", "--verbose", "--api-url", server.url, "--runner", "local"),
-            *("--in-flight", "32", "--page-size", "10", "--pages-per-task", "64"),
-            *("--output-dir", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")),
+        result = run_etl(
+            *(server.url, tmp_path / "out", "--verbose", "--in-flight", "32"),
+            *("--page-size", "10", "--pages-per-task", "64"),
+            cache=tmp_path / "cache",
         )
         log = server.log()
     assert result.returncode == 0, result.stderr[-3000:]

@@ -27,7 +27,7 @@ import requests
 import yaml
 
 from placeholder_api.server import make_server
-from tests.helpers import listening_sockets, make_command, process_tree, run_cli
+from tests.helpers import listening_sockets, make_command, process_tree, run_cli, run_etl
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOYMENTS = [
@@ -290,17 +290,7 @@ def test_the_server_side_automation_notifies_on_failure(prefect_server, tmp_path
         assert automation.enabled
         assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     with make_server(users=5, fault="malformed") as server:
-        result = run_cli(
-            "run",
-            "--api-url",
-            server.url,
-            "--runner",
-            "local",
-            "--no-cache",
-            "--output-dir",
-            str(tmp_path / "out"),
-            env=env,
-        )
+        result = run_etl(server.url, tmp_path / "out", env=env)
     assert result.returncode == 1
     messages = webhook.wait_for(1, timeout=90)
     assert len(messages) == 1, messages

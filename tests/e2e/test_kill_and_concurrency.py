@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from placeholder_api.server import make_server
-from tests.helpers import kill_group, run_cli, snapshot
+from tests.helpers import kill_group, run_etl, snapshot
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -88,10 +88,7 @@ def test_two_runs_at_once_into_one_dir_never_collide(tmp_path) -> None:
     with make_server(users=200, seed=3) as server:
 
         def one(n: int):
-            return run_cli(
-                *("run", "--api-url", server.url, "--runner", "local", "--page-size", "10"),
-                *("--output-dir", str(out), "--cache-dir", str(tmp_path / f"cache-{n}")),
-            )
+            return run_etl(server.url, out, "--page-size", "10", cache=tmp_path / f"cache-{n}")
 
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(one, [1, 2]))

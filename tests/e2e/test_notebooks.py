@@ -18,7 +18,7 @@ import pytest
 from placeholder_api.server import make_server
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.notebook import recorded
-from tests.helpers import run_cli
+from tests.helpers import SEED_HEADER, run_etl
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 NAMES = ["01-extract", "02-transform", "03-load", "04-flow-on-dask", "05-run-report"]
@@ -79,15 +79,7 @@ def test_02_transform(tmp_path) -> None:
         first = server.stats()  # the notebook really read this server
     assert first["requests"] >= 6
     assert values["seed_rows"] == 12
-    assert values["seed_columns"] == [
-        "ID",
-        "Name",
-        "Username",
-        "Email",
-        "Address",
-        "PhoneNumber",
-        "Company",
-    ]
+    assert values["seed_columns"] == SEED_HEADER
     assert values["seed_first_row"]["ID"] == "1"
     assert values["seed_first_row"]["Address"].count(", ") >= 2
     assert values["flat_rows"]["photos"] == 6000
@@ -129,18 +121,7 @@ def test_04_flow_on_dask(tmp_path) -> None:
 def test_05_run_report_on_a_given_manifest(tmp_path) -> None:
     out = tmp_path / "out"
     with make_server(users=12) as server:
-        result = run_cli(
-            "run",
-            "--api-url",
-            server.url,
-            "--runner",
-            "local",
-            "--resources",
-            "all",
-            "--output-dir",
-            str(out),
-            "--no-cache",
-        )
+        result = run_etl(server.url, out, "--resources", "all")
     assert result.returncode == 0, result.stderr[-2000:]
     (manifest,) = out.glob("manifest_*.json")
     values = execute("05-run-report", tmp_path, manifest=str(manifest), output_dir=str(out))
@@ -167,20 +148,7 @@ def test_every_notebook_runs_offline_with_no_parameters(name, tmp_path) -> None:
 
 def test_run_report_writes_html_for_readers(tmp_path) -> None:
     out = tmp_path / "out"
-    result = run_cli(
-        "run",
-        "--api-url",
-        "bundled",
-        "--runner",
-        "local",
-        "--resources",
-        "all",
-        "--report",
-        "--output-dir",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
-    )
+    result = run_etl("bundled", out, "--resources", "all", "--report", cache=tmp_path / "cache")
     assert result.returncode == 0, result.stderr[-2000:]
     (report,) = out.glob("report_*.html")
     assert f"report: {report}" in result.stdout
@@ -222,17 +190,9 @@ def test_a_failing_report_keeps_the_data_and_says_so(tmp_path) -> None:
     }
     nbformat.write(notebook, broken / "05-run-report.ipynb")
     out = tmp_path / "out"
-    result = run_cli(
-        "run",
-        "--api-url",
-        "bundled",
-        "--runner",
-        "local",
-        "--report",
-        "--output-dir",
-        str(out),
-        "--cache-dir",
-        str(tmp_path / "cache"),
+    result = run_etl(
+        *("bundled", out, "--report"),
+        cache=tmp_path / "cache",
         env={"PLACEHOLDER_ETL_NOTEBOOKS": str(broken)},
     )
     assert result.returncode == 3

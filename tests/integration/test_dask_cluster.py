@@ -16,7 +16,7 @@ from distributed import Client
 
 from placeholder_api.server import make_server
 from placeholder_etl.cluster import WorkerSetupError, local_cluster_kwargs
-from tests.helpers import listening_sockets, process_tree, run_cli, run_flow
+from tests.helpers import listening_sockets, process_tree, run_etl, run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -140,10 +140,8 @@ def test_tasks_run_on_the_external_workers_and_match_a_local_run(api, tmp_path, 
 
 def test_the_cli_takes_the_scheduler_from_the_environment(api, tmp_path, cluster) -> None:
     address, workers = cluster
-    result = run_cli(
-        *("run", "--verbose", "--api-url", api.url, "--output-dir", str(tmp_path / "out")),
-        "--no-cache",
-        env={"DASK_SCHEDULER_ADDRESS": address},
+    result = run_etl(
+        api.url, tmp_path / "out", "--verbose", runner=None, env={"DASK_SCHEDULER_ADDRESS": address}
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Dask cluster: 2 workers, 4 threads" in result.stderr

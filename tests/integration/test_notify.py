@@ -12,7 +12,7 @@ import pytest
 
 from placeholder_api.server import make_server
 from placeholder_etl.notify import failure_text, post_webhook
-from tests.helpers import WebhookReceiver, kill_group, run_cli
+from tests.helpers import WebhookReceiver, kill_group, run_etl
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
@@ -36,23 +36,10 @@ def test_failure_text_names_flow_task_error_and_link() -> None:
 
 def test_a_failing_run_posts_one_message(tmp_path, webhook) -> None:
     with make_server(users=30, fault="malformed", fault_page=2) as server:
-        result = run_cli(
-            "run",
-            "--verbose",
-            "--api-url",
-            server.url,
-            "--runner",
-            "local",
-            "--page-size",
-            "10",
-            "--pages-per-task",
-            "1",
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-            "--notify-webhook",
-            webhook.url,
+        result = run_etl(
+            *(server.url, tmp_path / "out", "--verbose", "--page-size", "10"),
+            *("--pages-per-task", "1", "--notify-webhook", webhook.url),
+            cache=tmp_path / "cache",
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: users page 2 from ")
@@ -110,17 +97,9 @@ def test_a_crashed_run_posts_one_message(tmp_path, webhook) -> None:
 
 def test_a_successful_run_sends_nothing(tmp_path, webhook) -> None:
     with make_server(users=5) as server:
-        result = run_cli(
-            "run",
-            "--verbose",
-            "--api-url",
-            server.url,
-            "--runner",
-            "local",
-            "--output-dir",
-            str(tmp_path / "out"),
-            "--cache-dir",
-            str(tmp_path / "cache"),
+        result = run_etl(
+            *(server.url, tmp_path / "out", "--verbose"),
+            cache=tmp_path / "cache",
             env={"PLACEHOLDER_ETL_NOTIFY_WEBHOOK": webhook.url},
         )
     assert result.returncode == 0, result.stderr[-2000:]
@@ -131,19 +110,9 @@ def test_an_undeliverable_notification_does_not_hide_the_error(tmp_path) -> None
     broken = WebhookReceiver(status=500)
     try:
         with make_server(users=5, fault="drift") as server:
-            result = run_cli(
-                "run",
-                "--verbose",
-                "--api-url",
-                server.url,
-                "--runner",
-                "local",
-                "--output-dir",
-                str(tmp_path / "out"),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--notify-webhook",
-                broken.url,
+            result = run_etl(
+                *(server.url, tmp_path / "out", "--verbose", "--notify-webhook", broken.url),
+                cache=tmp_path / "cache",
             )
     finally:
         broken.close()
@@ -174,20 +143,9 @@ def test_secrets_never_reach_logs_manifests_artifacts_or_reports(tmp_path, webho
     }
     out = tmp_path / "out"
     with make_server(users=5) as server:
-        result = run_cli(
-            "run",
-            "--verbose",
-            "--api-url",
-            server.url,
-            "--runner",
-            "local",
-            "--resources",
-            "all",
-            "--report",
-            "--output-dir",
-            str(out),
-            "--cache-dir",
-            str(tmp_path / "cache"),
+        result = run_etl(
+            *(server.url, out, "--verbose", "--resources", "all", "--report"),
+            cache=tmp_path / "cache",
             env=secrets,
         )
     assert result.returncode == 0, result.stderr[-2000:]
