@@ -19,12 +19,13 @@ from typing import Annotated, Any, get_args, get_origin
 
 import typer
 from annotated_types import Ge, Le
-from pydantic import BaseModel, ValidationError
+from pydantic import AliasChoices, BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from placeholder_etl.core.settings import (
     DEFAULT_API_URL,
     DEFAULT_RESOURCES,
+    Environment,
     RunSettings,
     environment,
 )
@@ -45,14 +46,6 @@ GROUPS: dict[str, type[BaseModel]] = {
     if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
 }
 
-#: Options whose default is read from the environment: option -> environment variable.
-ENV_DEFAULTS: dict[str, str] = {
-    "api_url": "PLACEHOLDER_ETL_API_URL",
-    "output_dir": "PLACEHOLDER_ETL_OUTPUT_DIR",
-    "cache_dir": "PLACEHOLDER_ETL_CACHE_DIR",
-    "dask_address": "DASK_SCHEDULER_ADDRESS",
-}
-
 
 def _fields() -> dict[str, tuple[str | None, FieldInfo]]:
     """Every run setting: option name -> (its group, or None at the top, and its field)."""
@@ -64,6 +57,21 @@ def _fields() -> dict[str, tuple[str | None, FieldInfo]]:
     for group, model in GROUPS.items():
         fields |= {name: (group, field) for name, field in model.model_fields.items()}
     return fields
+
+
+def _env_var(name: str, field: FieldInfo) -> str:
+    """The environment variable :class:`Environment` reads ``name`` from."""
+    if isinstance(field.validation_alias, AliasChoices):
+        return str(field.validation_alias.choices[0])
+    return f"{Environment.model_config.get('env_prefix', '')}{name}".upper()
+
+
+#: Options whose default is read from the environment: option -> environment variable.
+ENV_DEFAULTS: dict[str, str] = {
+    name: _env_var(name, field)
+    for name, field in Environment.model_fields.items()
+    if name in _fields()
+}
 
 
 def run_option_names() -> list[str]:
