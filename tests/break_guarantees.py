@@ -86,12 +86,23 @@ MUTATIONS = (
         "A failed run leaves the output dir as it was",
         "a failed run keeps its temporary files",
         STAGING,
-        "            tmp.unlink(missing_ok=True)\n        self.staged.clear()",
-        "            pass\n        self.staged.clear()",
+        '        for tmp in self.directory.glob(f".*.{self.run_tag}{TEMP_SUFFIX}"):\n'
+        "            tmp.unlink(missing_ok=True)\n",
+        '        for tmp in self.directory.glob(f".*.{self.run_tag}{TEMP_SUFFIX}"):\n'
+        "            pass\n",
         (
             T
             + "integration/test_hostile.py::test_counts_that_disagree_with_the_pages_fail_and_write_nothing",
         ),
+    ),
+    Mutation(
+        "published",
+        "The manifest never names a file that is not there",
+        "the commit writes the manifest without checking the tables under their final names",
+        STAGING,
+        "                check_published(finals, _local_size)  # before a manifest names them\n",
+        "",
+        (T + "unit/test_staging.py::test_a_commit_refuses_a_table_that_is_not_what_was_written",),
     ),
     Mutation(
         "fsync",

@@ -22,6 +22,7 @@ from prefect.runtime import flow_run
 
 from placeholder_etl.cluster import check_workers, cluster_threads, make_task_runner
 from placeholder_etl.core import fastpath, pipeline
+from placeholder_etl.core.names import manifest_name
 from placeholder_etl.core.resources import resolve_resources
 from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, Timings
 from placeholder_etl.core.settings import (
@@ -34,7 +35,6 @@ from placeholder_etl.core.settings import (
     ResourceNames,
     environment,
 )
-from placeholder_etl.core.staging import ObjectStaging
 from placeholder_etl.core.store import Store
 from placeholder_etl.notify import notify_failure
 from placeholder_etl.progress import track
@@ -128,11 +128,11 @@ def etl(
             logger.warning("%s: ids out of order or repeated; sorting", resource)
         with staging:
             assemble = (names, results, pages.url, staging, output.format)
-            if isinstance(staging, ObjectStaging):  # on the task runner: no rows in this process
-                tables = assemble_tables_task.submit(*assemble).result()
+            if staging.assembles_on_runner:  # an object store: no rows in this process
+                staged = assemble_tables_task.submit(*assemble).result()
             else:  # a local folder is written by this process
-                tables = assemble_tables_task(*assemble)
-            pipeline.check_totals(totals, tables)
+                staged = assemble_tables_task(*assemble)
+            pipeline.check_totals(totals, staged)
             timings = Timings(
                 count_s=round(counted - clock, 3),
                 extract_s=round(extracted - counted, 3),
@@ -143,19 +143,19 @@ def etl(
                 api_url=api_url,
                 resources=names,
                 results=results,
-                tables=tables,
+                tables=staged,
                 started=started,
                 timings=timings,
                 flow_run_id=str(flow_run.get_id()),
                 fmt=output.format,
             )
-            manifest = pipeline.commit(staging, manifest, clock)
+            manifest = pipeline.commit(staging, staged, manifest, clock)
 
     out = staging.store
     result = RunResult(
         manifest=manifest,
         output_dir=out.url,
-        manifest_file=out.url_of(out.path(f"manifest_{manifest.created}.json")),
+        manifest_file=out.url_of(out.path(manifest_name(manifest.created))),
     )
     publish(result)
     return render_report_task(result) if output.report else result

@@ -23,7 +23,7 @@ from prefect.tasks import exponential_backoff
 
 from placeholder_etl.core import pipeline
 from placeholder_etl.core.errors import is_transient
-from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, TableInfo
+from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, StagedTable
 from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging
 from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.tables import Format
@@ -135,11 +135,13 @@ def assemble_tables_task(
     cache_url: str,
     staging: Staging | ObjectStaging,
     fmt: Format,
-) -> dict[str, TableInfo]:
+) -> dict[str, StagedTable]:
     """Write the tables (and the activity summary with every resource) into the staging.
 
     A local output folder is written by the flow's own process; an object-store output by a
     task on the task runner (a Dask worker), so the flow's process never reads row data.
+    What was staged is returned (the commit's argument): the staging object this task got
+    is a copy when it runs on a Dask worker.
     """
     cache = pipeline.cache_store(cache_url)
     return pipeline.assemble_tables(resources, results, cache, staging, fmt)

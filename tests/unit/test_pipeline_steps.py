@@ -23,7 +23,14 @@ from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import page_tables
 from placeholder_etl.core.pages import PageBook, expire
 from placeholder_etl.core.resources import resolve_resources
-from placeholder_etl.core.results import ChunkResult, ChunkSpec, Manifest, TableInfo, Timings
+from placeholder_etl.core.results import (
+    ChunkResult,
+    ChunkSpec,
+    Manifest,
+    StagedTable,
+    TableInfo,
+    Timings,
+)
 from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.store import Store, StoreError
 from placeholder_etl.core.tables import table_header, write_table
@@ -374,9 +381,10 @@ def test_assemble_tables_joins_every_chunks_pages_in_plan_order(tmp_path) -> Non
     tables = pipeline.assemble_tables(["users"], chunks, cache, staging)
     data = Path(staging.staged_path("users")).read_bytes()
     assert data == table_header("users") + b"".join(p.read_bytes() for p in pages)
-    assert tables["users"] == TableInfo(
+    assert tables["users"].info == TableInfo(
         rows=8, bytes=len(data), sha256=hashlib.sha256(data).hexdigest()
     )
+    assert tables["users"].path == staging.staged_path("users")
 
 
 def test_totals_must_match_the_distinct_rows() -> None:
@@ -500,6 +508,8 @@ def test_either_staging_refuses_names_that_could_escape_the_output(tmp_path, out
     for bad in ("../users", "a/b", ".hidden", "x y"):
         with pytest.raises(ValueError, match="letters, digits and underscores"):
             staging.open_table(bad).__enter__()
+        with pytest.raises(ValueError, match="letters, digits and underscores"):
+            staging.staged_path(bad)
     staging.abort()
     assert not (tmp_path / "users").exists()
 
@@ -538,8 +548,14 @@ def test_the_manifest_records_the_run_and_is_written_last(tmp_path) -> None:
 
     out = tmp_path / "out"
     staging = Staging(out)
-    staging.temp_path("users").write_text("ID\n1\n")
-    committed = pipeline.commit(staging, manifest, started=0.0)
+    with staging.open_table("users") as handle:
+        handle.write(b"ID\n1\n")
+    staged = {
+        "users": StagedTable(
+            path=staging.staged_path("users"), suffix=".csv", rows=1, bytes=5, sha256="abc"
+        )
+    }
+    committed = pipeline.commit(staging, staged, manifest, started=0.0)
     stamp = committed.created
     assert committed.tables["users"].file == f"users_{stamp}.csv"
     assert committed.timings.total_s > 6  # perf_counter since 0.0
@@ -565,6 +581,8 @@ def test_a_parquet_run_names_its_files_by_the_format(tmp_path) -> None:
     staging = Staging(tmp_path / "out")
     with staging.open_table("users", ".parquet") as handle:
         handle.write(b"PAR1")
-    committed = pipeline.commit(staging, manifest, started=0.0)
+    path = staging.staged_path("users", ".parquet")
+    staged = {"users": StagedTable(path=path, suffix=".parquet", rows=2, bytes=4, sha256="abc")}
+    committed = pipeline.commit(staging, staged, manifest, started=0.0)
     assert committed.tables["users"].file == f"users_{committed.created}.parquet"
     assert (tmp_path / "out" / committed.tables["users"].file).read_bytes() == b"PAR1"

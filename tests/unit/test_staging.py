@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import multiprocessing
 import os
 import subprocess
@@ -12,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from placeholder_etl.core import staging as staging_module
+from placeholder_etl.core.results import StagedTable
 from placeholder_etl.core.staging import (
+    CommitError,
     Staging,
     atomic_write,
     make_tag,
@@ -20,6 +25,23 @@ from placeholder_etl.core.staging import (
     remove_stale_temps,
 )
 from tests.helpers import snapshot
+
+
+def stage(staging: Staging, **tables: str) -> dict[str, StagedTable]:
+    """Write each table's text through ``open_table``; return what the commit takes."""
+    staged = {}
+    for key, text in tables.items():
+        data = text.encode()
+        with staging.open_table(key) as handle:
+            handle.write(data)
+        staged[key] = StagedTable(
+            path=staging.staged_path(key),
+            suffix=".csv",
+            rows=text.count("\n") - 1,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
+    return staged
 
 
 def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path) -> None:
@@ -35,9 +57,9 @@ def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path) -> None:
 
 def _commit(directory: str, barrier) -> str:
     staging = Staging(Path(directory))
-    staging.temp_path("users").write_text(f"ID\n{os.getpid()}\n")
+    staged = stage(staging, users=f"ID\n{os.getpid()}\n")
     barrier.wait()  # every process commits in the same instant
-    return staging.commit(lambda stamp: f'{{"created": "{stamp}"}}\n'.encode())
+    return staging.commit(staged, lambda stamp: f'{{"created": "{stamp}"}}\n'.encode())
 
 
 def test_concurrent_commits_never_share_or_overwrite_files(tmp_path) -> None:
@@ -65,8 +87,7 @@ def test_a_commit_that_fails_halfway_leaves_the_output_dir_as_it_was(tmp_path, t
     """
     out = tmp_path / "out"
     earlier = Staging(out)  # a previous good run (it also leaves the lock file)
-    earlier.temp_path("users").write_text("ID\n1\n")
-    earlier.commit(lambda stamp: b"{}\n")
+    earlier.commit(stage(earlier, users="ID\n1\n"), lambda stamp: b"{}\n")
     before = snapshot(out)
     taken_dirs = []
 
@@ -77,10 +98,9 @@ def test_a_commit_that_fails_halfway_leaves_the_output_dir_as_it_was(tmp_path, t
         return b'{"created": "%s"}\n' % stamp.encode()
 
     staging = Staging(out)
-    staging.temp_path("users").write_text("ID\n2\n")
-    staging.temp_path("users_flat").write_text("id\n2\n")
+    staged = stage(staging, users="ID\n2\n", users_flat="id\n2\n")
     with pytest.raises(IsADirectoryError), staging:
-        staging.commit(manifest)
+        staging.commit(staged, manifest)
     taken_dirs[0].rmdir()  # the intruder's, not ours
     assert snapshot(out) == before  # byte for byte: no final name, no temporary file
     assert sorted(p.name for p in out.iterdir()) == sorted(before)
@@ -107,11 +127,9 @@ def test_every_file_is_on_disk_before_its_final_name_and_the_names_before_commit
     """Durable through a power cut: a file is fsynced while only its temporary name exists,
     and the directory (the renames) once every final name exists."""
     staging = Staging(tmp_path)
-    for key in ("users", "users_flat"):
-        with staging.open_table(key) as handle:
-            handle.write(b"ID\n1\n")
-    temps = {f"{key}{suffix}": str(tmp) for key, (suffix, tmp) in staging.staged.items()}
-    stamp = staging.commit(lambda stamp: b"{}\n")
+    staged = stage(staging, users="ID\n1\n", users_flat="ID\n1\n")
+    temps = {f"{key}{table.suffix}": table.path for key, table in staged.items()}
+    stamp = staging.commit(staged, lambda stamp: b"{}\n")
     (manifest_temp,) = {path for path, _ in fsyncs if Path(path).name.startswith(".manifest")}
     temps["manifest.json"] = manifest_temp
     finals = {name.replace(".", f"_{stamp}.", 1): temp for name, temp in temps.items()}
@@ -139,15 +157,79 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_rename_after(
 
 def test_abort_removes_temps_and_a_directory_it_created(tmp_path) -> None:
     staging = Staging(tmp_path / "new")
-    staging.temp_path("users").write_text("x")
+    stage(staging, users="x")
     staging.abort()
     assert not (tmp_path / "new").exists()
+
+
+def test_abort_keeps_a_directory_that_was_there_and_other_runs_files(tmp_path) -> None:
+    other = Staging(tmp_path)
+    stage(other, users="ID\n1\n")
+    staging = Staging(tmp_path)
+    stage(staging, users="ID\n2\n")
+    staging.abort()
+    assert [p.name for p in tmp_path.iterdir()] == [Path(other.staged_path("users")).name]
+
+
+def test_a_copy_of_the_staging_commits_what_another_copy_staged(tmp_path) -> None:
+    """Nothing crosses a process boundary by mutation: the staging holds no state, so a
+    table staged through a pickled copy (a Dask worker's) is committed from the original."""
+    import pickle
+
+    staging = Staging(tmp_path / "out")
+    staged = stage(pickle.loads(pickle.dumps(staging)), users="ID\n1\n")
+    stamp = staging.commit(staged, lambda stamp: b"{}\n")
+    assert (tmp_path / "out" / f"users_{stamp}.csv").read_text() == "ID\n1\n"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "deleted"])
+def test_a_commit_refuses_a_table_that_is_not_what_was_written(tmp_path, damage) -> None:
+    """The manifest never names a missing or short file: the commit checks each table's size
+    under its final name before the manifest, and undoes everything otherwise."""
+    out = tmp_path / "out"
+    earlier = Staging(out)
+    earlier.commit(stage(earlier, users="ID\n1\n"), lambda stamp: b"{}\n")
+    before = snapshot(out)
+    staging = Staging(out)
+    staged = stage(staging, users="ID\n2\n", users_flat="id\n2\n")
+    flat = Path(staged["users_flat"].path)
+    if damage == "truncated":
+        flat.write_text("id\n")
+    else:
+        flat.unlink()
+    error = CommitError if damage == "truncated" else FileNotFoundError
+    with pytest.raises(error, match="users_flat"), staging:
+        staging.commit(staged, lambda stamp: b"{}\n")
+    assert snapshot(out) == before
+
+
+def test_a_full_disk_while_the_journal_is_written_leaves_the_output_dir_as_it_was(
+    tmp_path, monkeypatch
+) -> None:
+    """ENOSPC on the commit journal: the failing run removes the journal itself."""
+    out = tmp_path / "out"
+    earlier = Staging(out)
+    earlier.commit(stage(earlier, users="ID\n1\n"), lambda stamp: b"{}\n")
+    before = snapshot(out)
+    real = staging_module.fsync_file
+
+    def full_disk(handle) -> None:
+        if Path(handle.name).name.startswith(staging_module.JOURNAL_PREFIX):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(handle)
+
+    monkeypatch.setattr(staging_module, "fsync_file", full_disk)
+    staging = Staging(out)
+    staged = stage(staging, users="ID\n2\n")
+    with pytest.raises(OSError, match="No space left"), staging:
+        staging.commit(staged, lambda stamp: b"{}\n")
+    assert snapshot(out) == before
 
 
 def test_staging_rejects_names_that_could_escape_the_directory(tmp_path) -> None:
     for bad in ("../users", "a/b", ".hidden", "x y"):
         with pytest.raises(ValueError, match="letters, digits and underscores"):
-            Staging(tmp_path).temp_path(bad)
+            Staging(tmp_path).staged_path(bad)
 
 
 def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path) -> None:
@@ -175,6 +257,7 @@ def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path) -> N
 _KILLED_COMMIT = """
 import os, signal, sys
 from pathlib import Path
+from placeholder_etl.core.results import StagedTable
 from placeholder_etl.core.staging import Staging
 
 renames = 0
@@ -189,9 +272,13 @@ def replace_then_die(self, target):
 
 Path.replace = replace_then_die
 staging = Staging(Path(sys.argv[1]))
+staged = {}
 for key in ("users", "users_flat"):
-    staging.temp_path(key).write_text("ID\\n1\\n")
-staging.commit(lambda stamp: b"{}")
+    Path(staging.staged_path(key)).write_text("ID\\n1\\n")
+    staged[key] = StagedTable(
+        path=staging.staged_path(key), suffix=".csv", rows=1, bytes=5, sha256=""
+    )
+staging.commit(staged, lambda stamp: b"{}")
 """
 
 

@@ -36,18 +36,13 @@ from placeholder_etl.core.results import (
     ChunkSpec,
     ContractSummary,
     Manifest,
+    StagedTable,
     TableInfo,
     Timings,
 )
 from placeholder_etl.core.rows import csv_rows, flat_rows, seed_row
 from placeholder_etl.core.settings import ClientSettings, Paging, local_slots
-from placeholder_etl.core.staging import (
-    ObjectStaging,
-    Staging,
-    recover,
-    remove_dead_runs,
-    remove_stale_temps,
-)
+from placeholder_etl.core.staging import ObjectStaging, Staging, remove_stale_temps
 from placeholder_etl.core.store import Store
 from placeholder_etl.core.tables import SUFFIX, Format, build_activity, write_table
 
@@ -104,12 +99,7 @@ def cache_store(cache_dir: str, storage_options: dict[str, Any] | None = None) -
 
 def remove_leftovers(staging: Staging | ObjectStaging, cache: Store, max_age: float) -> list[str]:
     """What killed runs left (temporary files, staging, claims) and expired page checkpoints."""
-    removed: list[str] = []
-    if isinstance(staging, Staging):
-        removed += map(str, recover(staging.directory))  # a commit killed halfway
-        removed += map(str, remove_stale_temps(staging.directory))
-    else:
-        removed += remove_dead_runs(staging.store)
+    removed = staging.remove_leftovers()
     if cache.local:
         removed += map(str, remove_stale_temps(Path(cache.root)))
     removed += pages.expire(cache, max_age)
@@ -410,7 +400,7 @@ def assemble_tables(
     cache: Store,
     staging: Staging | ObjectStaging,
     fmt: Format = "csv",
-) -> dict[str, TableInfo]:
+) -> dict[str, StagedTable]:
     """Write every table from its page files into ``staging``; add the activity summary when
     every resource is there.
 
@@ -421,11 +411,19 @@ def assemble_tables(
         staging: where the tables are staged until the commit.
         fmt: ``csv`` or ``parquet``.
 
+    Returns:
+        What was staged, by table: the commit's argument (:func:`commit`), wherever this ran.
+
     A resource whose ids were not strictly increasing (duplicates across pages, unordered
     pages) is sorted and de-duplicated (see :func:`~placeholder_etl.core.tables.write_table`).
     """
     suffix = SUFFIX[fmt]
-    tables: dict[str, TableInfo] = {}
+    staged: dict[str, StagedTable] = {}
+
+    def stage(table: str, info: TableInfo) -> None:
+        path = staging.staged_path(table, suffix)
+        staged[table] = StagedTable(path=path, suffix=suffix, **info.model_dump(exclude={"file"}))
+
     for resource in resources:
         mine = [r for r in results if r.spec.resource == resource]
         ordered = _in_order(mine)
@@ -433,17 +431,12 @@ def assemble_tables(
         for table in TABLES[resource]:
             parts = [path for r in mine for path in r.parts[table]]
             with staging.open_table(table, suffix) as out:
-                tables[table] = write_table(table, cache, parts, out, rows, fmt, ordered)
+                stage(table, write_table(table, cache, parts, out, rows, fmt, ordered))
     if set(resources) == set(RESOURCE_NAMES):
-        flat = {t: staging.staged_path(t) for t in ("users_flat", *RESOURCE_NAMES[1:])}
-        staged = _staged_store(staging)
+        flat = {t: staged[t].path for t in ("users_flat", *RESOURCE_NAMES[1:])}
         with staging.open_table(ACTIVITY_TABLE, suffix) as out:
-            tables[ACTIVITY_TABLE] = build_activity(staged, flat, out, fmt)
-    return tables
-
-
-def _staged_store(staging: Staging | ObjectStaging) -> Store:
-    return staging.store
+            stage(ACTIVITY_TABLE, build_activity(staging.store, flat, out, fmt))
+    return staged
 
 
 def unordered_resources(results: Sequence[ChunkResult]) -> list[str]:
@@ -454,7 +447,7 @@ def unordered_resources(results: Sequence[ChunkResult]) -> list[str]:
     ]
 
 
-def check_totals(totals: Totals, tables: Mapping[str, TableInfo]) -> None:
+def check_totals(totals: Totals, tables: Mapping[str, TableInfo | StagedTable]) -> None:
     """Every resource must hold as many distinct records as the API said it had.
 
     Raises:
@@ -478,7 +471,7 @@ def build_manifest(
     api_url: str,
     resources: Sequence[str],
     results: Sequence[ChunkResult],
-    tables: Mapping[str, TableInfo],
+    tables: Mapping[str, TableInfo | StagedTable],
     started: datetime,
     timings: Timings,
     flow_run_id: str | None = None,
@@ -501,7 +494,10 @@ def build_manifest(
         resources=list(resources),
         flow_run_id=flow_run_id,
         format=fmt,
-        tables=dict(tables),
+        tables={
+            name: table.info if isinstance(table, StagedTable) else table
+            for name, table in tables.items()
+        },
         chunks=len(results),
         cached_chunks=sum(map(cached, results)),
         pages=pages_total,
@@ -518,20 +514,30 @@ def build_manifest(
     )
 
 
-def commit(staging: Staging | ObjectStaging, manifest: Manifest, started: float) -> Manifest:
-    """Rename the staged tables into place with the manifest written last; return it stamped.
+def commit(
+    staging: Staging | ObjectStaging,
+    staged: Mapping[str, StagedTable],
+    manifest: Manifest,
+    started: float,
+) -> Manifest:
+    """Put the staged tables under their final names, check them, write the manifest last;
+    return it stamped.
 
     Args:
-        staging: the run's staged tables.
+        staging: where the run's tables were staged.
+        staged: what :func:`assemble_tables` returned.
         manifest: from :func:`build_manifest`.
         started: ``time.perf_counter()`` when the run started (for ``timings.total_s``).
+
+    Raises:
+        CommitError: a table is missing or short under its final name (nothing committed).
     """
     committed: list[Manifest] = []
 
     def finish(stamp: str) -> bytes:
-        """Called under the output dir's lock with the stamp the files get."""
+        """Called (under the output dir's lock, locally) with the stamp the files get."""
         committed.append(manifest.stamped(stamp, time.perf_counter() - started))
         return committed[0].to_json()
 
-    staging.commit(finish)
+    staging.commit(staged, finish)
     return committed[0]

@@ -15,7 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from placeholder_etl.core.names import final_name, manifest_name, stamp_of_manifest, stamp_order
 from placeholder_etl.core.settings import Paging
+from placeholder_etl.core.store import Store
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -24,6 +26,7 @@ __all__ = [
     "ContractSummary",
     "Manifest",
     "RunResult",
+    "StagedTable",
     "TableInfo",
     "Timings",
 ]
@@ -97,6 +100,31 @@ class TableInfo(_Frozen):
     sha256: str
 
 
+class StagedTable(_Frozen):
+    """A table written under a temporary name, waiting for the commit.
+
+    What the assemble step returns (wherever it ran: a copy of the staging object sent to a
+    Dask worker records nothing the flow can see), and what the commit takes: the commit
+    renames or copies ``path`` to the table's final name and checks the result is
+    ``bytes`` long before it writes the manifest.
+
+    Attributes:
+        path: where the staged file is, on the output's store (a local path or a key).
+        suffix: the final name's extension (``.csv``, ``.parquet``).
+    """
+
+    path: str
+    suffix: str
+    rows: int
+    bytes: int
+    sha256: str
+
+    @property
+    def info(self) -> TableInfo:
+        """The table as the manifest records it (its final name is filled in at commit)."""
+        return TableInfo(rows=self.rows, bytes=self.bytes, sha256=self.sha256)
+
+
 class ContractSummary(_Frozen):
     """Records checked against the contract per resource (a breach fails the run)."""
 
@@ -150,7 +178,7 @@ class Manifest(_Frozen):
     def stamped(self, stamp: str, total_s: float | None = None) -> Manifest:
         """This manifest as committed with ``stamp``: file names filled in."""
         tables = {
-            name: info.model_copy(update={"file": f"{name}_{stamp}.{self.format}"})
+            name: info.model_copy(update={"file": final_name(name, stamp, f".{self.format}")})
             for name, info in self.tables.items()
         }
         timings = self.timings
@@ -161,6 +189,31 @@ class Manifest(_Frozen):
     def to_json(self) -> bytes:
         """Indented JSON, as written to the manifest file."""
         return self.model_dump_json(indent=2).encode() + b"\n"
+
+    @classmethod
+    def latest(cls, folder: str) -> Manifest:
+        """The newest committed run's manifest in ``folder`` (a path or fsspec URL).
+
+        Its tables are ``<folder>/<manifest.tables[name].file>``: a reader that opens only
+        the files the newest manifest names never sees a run that is still committing.
+
+        Raises:
+            FileNotFoundError: ``folder`` holds no manifest.
+        """
+        store = Store.open(folder)
+        return cls.read(store.url_of(cls.newest_path(store)))
+
+    @staticmethod
+    def newest_path(store: Store) -> str:
+        """The path of the newest ``manifest_<stamp>.json`` on ``store``.
+
+        Raises:
+            FileNotFoundError: there is none.
+        """
+        stamps = [s for name in store.listing(store.root) if (s := stamp_of_manifest(name))]
+        if not stamps:
+            raise FileNotFoundError(f"{store.url}: no manifest_<stamp>.json (no committed run)")
+        return store.path(manifest_name(max(stamps, key=stamp_order)))
 
     @classmethod
     def read(cls, path: str | Path) -> Manifest:

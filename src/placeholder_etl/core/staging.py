@@ -14,22 +14,27 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Self
+from typing import IO, ClassVar, Self
 
+from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.names import MANIFEST, final_name, manifest_name
+from placeholder_etl.core.results import StagedTable
 from placeholder_etl.core.store import Store
 
+SizeOf = Callable[[str], "int | None"]
+
 __all__ = [
+    "CommitError",
     "ObjectStaging",
     "Staging",
     "atomic_write",
     "make_tag",
     "recover",
-    "remove_dead_runs",
     "remove_stale_temps",
 ]
 
@@ -93,24 +98,58 @@ def utc_stamp() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
 
 
-@dataclass
+class CommitError(PermanentError):
+    """A table the commit was about to name in a manifest is missing or has the wrong size."""
+
+
+def check_published(finals: Mapping[str, tuple[str, StagedTable]], size_of: SizeOf) -> None:
+    """Check every table under its final name has the size it was written with.
+
+    Args:
+        finals: table -> (its final path, what was staged).
+        size_of: the size of a path (None: it does not exist).
+
+    Raises:
+        CommitError: naming the first table that is missing or short.
+    """
+    for table, (final, staged) in finals.items():
+        size = size_of(final)
+        if size is None:
+            raise CommitError(
+                f"{table}: {final} is missing after the commit; nothing was committed"
+            )
+        if size != staged.bytes:
+            raise CommitError(
+                f"{table}: {final} holds {size:,} bytes after the commit, {staged.bytes:,} were "
+                "written; nothing was committed"
+            )
+
+
+@dataclass(frozen=True)
 class Staging:
-    """Files of one run, written under temporary names, renamed together on :meth:`commit`.
+    """A run's tables in a local folder: temporary names, renamed together on :meth:`commit`.
 
     Final names are ``<key>_<stamp><suffix>``; the stamp is chosen at commit, under a lock on
     the output dir, so two runs committing at once get different stamps and never overwrite
-    or interleave each other's files.
+    or interleave each other's files. The object holds no state that changes: what was
+    staged is what :meth:`open_table`'s caller returns (:class:`StagedTable`), and the
+    commit takes it as its argument.
 
     Args:
         directory: the output directory (created on first use, removed again on
-            :meth:`abort` if this run created it and it is still empty).
+            :meth:`abort` if it did not exist before and is still empty).
         run_tag: a unique tag of this run (:func:`make_tag`), part of every temporary name.
     """
 
     directory: Path
     run_tag: str = field(default_factory=make_tag)
-    staged: dict[str, tuple[str, Path]] = field(default_factory=dict)
-    _created_dir: bool = False
+    existed: bool = field(init=False)
+
+    #: Tables are assembled by the flow's own process (it can write this folder).
+    assembles_on_runner: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "existed", self.directory.exists())
 
     def __enter__(self) -> Self:
         return self
@@ -120,97 +159,121 @@ class Staging:
         if exc_type is not None:
             self.abort()
 
-    def temp_path(self, key: str, suffix: str = ".csv") -> Path:
-        """Reserve the file ``<key>_<stamp><suffix>``; return the temporary path to write."""
-        if not key.replace("_", "").isalnum():
-            raise ValueError(f"output name {key!r} must be letters, digits and underscores")
-        if not self.directory.exists():
-            self.directory.mkdir(parents=True)
-            self._created_dir = True
-        tmp = self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}"
-        self.staged[key] = (suffix, tmp)
-        return tmp
-
-    @contextmanager
-    def open_table(self, key: str, suffix: str = ".csv") -> Iterator[IO[bytes]]:
-        """Write the staged file of ``key`` (fsynced when the block ends)."""
-        with self.temp_path(key, suffix).open("wb") as handle:
-            yield handle
-            fsync_file(handle)
-
-    def staged_path(self, key: str) -> str:
-        """Where the staged file of ``key`` is, to read it back before the commit."""
-        return str(self.staged[key][1])
-
     @property
     def store(self) -> Store:
         """The output folder as a store (to read staged files back)."""
         return Store.open(str(self.directory))
 
-    def commit(self, manifest: Callable[[str], bytes] | None = None) -> str:
-        """Pick the stamp, write the manifest, rename every staged file into place.
+    def staged_path(self, key: str, suffix: str = ".csv") -> str:
+        """Where the staged file of ``key`` is written (and read back before the commit)."""
+        if not key.replace("_", "").isalnum():
+            raise ValueError(f"output name {key!r} must be letters, digits and underscores")
+        return str(self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}")
+
+    @contextmanager
+    def open_table(self, key: str, suffix: str = ".csv") -> Iterator[IO[bytes]]:
+        """Write the staged file of ``key`` (fsynced when the block ends)."""
+        path = Path(self.staged_path(key, suffix))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as handle:
+            yield handle
+            fsync_file(handle)
+
+    def remove_leftovers(self) -> list[str]:
+        """Undo a commit a killed run left half done; remove dead runs' temporary files."""
+        removed = recover(self.directory) + remove_stale_temps(self.directory)
+        return [str(path) for path in removed]
+
+    def commit(
+        self,
+        tables: Mapping[str, StagedTable],
+        manifest: Callable[[str], bytes] | None = None,
+    ) -> str:
+        """Pick the stamp, rename every staged table into place, check them, write the
+        manifest last.
 
         Args:
+            tables: what was staged (:meth:`open_table`), by table name.
             manifest: called with the chosen stamp; its bytes become ``manifest_<stamp>.json``,
-                written last, after the tables.
+                renamed into place last, once every table is checked under its final name.
 
         Returns:
             The stamp of the committed files.
+
+        Raises:
+            CommitError: a table is missing or short under its final name (every rename is
+                undone, the manifest is not written).
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         with (self.directory / LOCK_NAME).open("a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            stamp = self._free_stamp(manifest is not None)
-            if manifest is not None:
-                tmp = self.temp_path("manifest", ".json")
-                with tmp.open("wb") as handle:
-                    handle.write(manifest(stamp))
-                    fsync_file(handle)
+            stamp = self._free_stamp(tables, manifest is not None)
             finals = {
-                key: self.directory / f"{key}_{stamp}{suffix}"
-                for key, (suffix, _) in self.staged.items()
+                key: (str(self.directory / final_name(key, stamp, staged.suffix)), staged)
+                for key, staged in tables.items()
             }
+            moves = [(Path(staged.path), Path(final)) for final, staged in finals.values()]
+            manifest_tmp = Path(self.staged_path(MANIFEST, ".json"))
+            if manifest is not None:
+                moves.append((manifest_tmp, self.directory / manifest_name(stamp)))
             # A journal of the names this commit is about to create: a process killed
             # between two renames leaves it behind, and the next run's recover() removes
             # exactly those names (no manifest names them).
             journal = self.directory / f"{JOURNAL_PREFIX}{stamp}"
-            with journal.open("wb") as handle:
-                handle.write("\n".join(p.name for p in finals.values()).encode())
-                fsync_file(handle)
             done: list[tuple[Path, Path]] = []
-            try:
-                for key, (_, tmp) in self.staged.items():
-                    tmp.replace(finals[key])  # the manifest is staged last: renamed last
-                    done.append((tmp, finals[key]))
+            try:  # everything this commit creates is inside: a full disk leaves nothing
+                if manifest is not None:
+                    with manifest_tmp.open("wb") as handle:
+                        handle.write(manifest(stamp))
+                        fsync_file(handle)
+                with journal.open("wb") as handle:
+                    handle.write("\n".join(final.name for _, final in moves).encode())
+                    fsync_file(handle)
+                for tmp, final in moves[: len(finals)]:
+                    tmp.replace(final)
+                    done.append((tmp, final))
                 _fsync_dir(self.directory)
+                check_published(finals, _local_size)  # before a manifest names them
+                for tmp, final in moves[len(finals) :]:  # the manifest, last
+                    tmp.replace(final)
+                    done.append((tmp, final))
+                    _fsync_dir(self.directory)
             except BaseException:
                 _undo_renames(done)
                 journal.unlink(missing_ok=True)
+                manifest_tmp.unlink(missing_ok=True)
                 raise
             journal.unlink()
             _fsync_dir(self.directory)
-        self.staged.clear()
         return stamp
 
-    def _free_stamp(self, with_manifest: bool) -> str:
-        names = {(key, suffix) for key, (suffix, _) in self.staged.items()}
+    def _free_stamp(self, tables: Mapping[str, StagedTable], with_manifest: bool) -> str:
+        names = {(key, staged.suffix) for key, staged in tables.items()}
         if with_manifest:
-            names.add(("manifest", ".json"))
+            names.add((MANIFEST, ".json"))
         base = stamp = utc_stamp()
         for n in itertools.count(2):
-            if not any((self.directory / f"{k}_{stamp}{s}").exists() for k, s in names):
+            if not any((self.directory / final_name(k, stamp, s)).exists() for k, s in names):
                 return stamp
             stamp = f"{base}-{n}"
         raise AssertionError("unreachable")  # pragma: no cover
 
     def abort(self) -> None:
         """Remove this run's temporary files; the output dir is left as it was."""
-        for _, tmp in self.staged.values():
+        if not self.directory.is_dir():
+            return
+        for tmp in self.directory.glob(f".*.{self.run_tag}{TEMP_SUFFIX}"):
             tmp.unlink(missing_ok=True)
-        self.staged.clear()
-        if self._created_dir:
+        if not self.existed:
             with suppress(OSError):
                 self.directory.rmdir()
+
+
+def _local_size(path: str) -> int | None:
+    try:
+        return Path(path).stat().st_size
+    except FileNotFoundError:
+        return None
 
 
 def recover(directory: Path) -> list[Path]:
@@ -230,7 +293,7 @@ def recover(directory: Path) -> list[Path]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for journal in sorted(directory.glob(f"{JOURNAL_PREFIX}*")):
             stamp = journal.name.removeprefix(JOURNAL_PREFIX)
-            if not (directory / f"manifest_{stamp}.json").exists():
+            if not (directory / manifest_name(stamp)).exists():
                 for name in journal.read_text().splitlines():
                     path = directory / name
                     if name and path.parent == directory and path.exists():
@@ -308,7 +371,7 @@ def _alive(pid: int) -> bool:
 CONTROL = "_placeholder_etl"
 
 
-@dataclass
+@dataclass(frozen=True)
 class ObjectStaging:
     """A run's tables on an object store, staged, then published with the manifest last.
 
@@ -316,12 +379,17 @@ class ObjectStaging:
     ``_placeholder_etl/staging/<run tag>/``, where nothing is final, (2) claims its stamp by
     creating ``_placeholder_etl/runs/<stamp>.json`` only if it does not exist (``If-None-Match``:
     two runs never share a stamp), (3) copies every table to its final name
-    ``<table>_<stamp>.<ext>`` (a server-side copy), (4) writes ``manifest_<stamp>.json`` last,
-    also only if absent: the manifest is the commit marker, and (5) removes its staging and
-    its claim. A reader trusts a stamp only once its manifest exists: before that, final names
-    of the stamp may exist (during step 3), but no manifest names them. A run that fails
-    removes its staging (and any final names it had copied); a killed run's staging and
-    claim are removed by the next run (:func:`remove_dead_runs`).
+    ``<table>_<stamp>.<ext>`` (a server-side copy) and checks each copy's size (one HEAD
+    each), (4) writes ``manifest_<stamp>.json`` last, also only if absent: the manifest is the
+    commit marker, and (5) removes its staging and its claim. A reader trusts a stamp only
+    once its manifest exists: before that, final names of the stamp may exist (during step
+    3), but no manifest names them. A run that fails removes its staging (and any final names
+    it had copied); a killed run's staging and claim are removed by the next run
+    (:func:`remove_dead_runs`).
+
+    The tables may be written anywhere (a Dask worker writes them from the page cache, so the
+    flow's process never holds rows): the object holds no state that changes, and the
+    commit takes what was staged (:class:`StagedTable`) as its argument.
 
     Args:
         store: the output folder.
@@ -330,7 +398,9 @@ class ObjectStaging:
 
     store: Store
     run_tag: str = field(default_factory=make_tag)
-    staged: dict[str, str] = field(default_factory=dict)
+
+    #: Tables are assembled by a task on the task runner: no rows pass through the flow.
+    assembles_on_runner: ClassVar[bool] = True
 
     def __enter__(self) -> Self:
         return self
@@ -342,35 +412,48 @@ class ObjectStaging:
     def _staging_folder(self) -> str:
         return self.store.path(CONTROL, "staging", self.run_tag)
 
+    def staged_path(self, key: str, suffix: str = ".csv") -> str:
+        """Where the staged object of ``key`` is written (and read back before the commit)."""
+        if not key.replace("_", "").isalnum():
+            raise ValueError(f"output name {key!r} must be letters, digits and underscores")
+        return f"{self._staging_folder()}/{key}{suffix}"
+
     @contextmanager
     def open_table(self, key: str, suffix: str = ".csv") -> Iterator[IO[bytes]]:
         """Write the staged object of ``key`` (it appears only if the block ends well)."""
-        if not key.replace("_", "").isalnum():
-            raise ValueError(f"output name {key!r} must be letters, digits and underscores")
-        path = f"{self._staging_folder()}/{key}{suffix}"
-        self.staged[key] = path
-        with self.store.open_write(path) as handle:
+        with self.store.open_write(self.staged_path(key, suffix)) as handle:
             yield handle
 
-    def staged_path(self, key: str) -> str:
-        return self.staged[key]
+    def remove_leftovers(self) -> list[str]:
+        """Remove dead runs' staging and unfinished stamp claims."""
+        return remove_dead_runs(self.store)
 
-    def commit(self, manifest: Callable[[str], bytes] | None = None) -> str:
-        """Claim a stamp, publish every staged table, write the manifest last.
+    def commit(
+        self,
+        tables: Mapping[str, StagedTable],
+        manifest: Callable[[str], bytes] | None = None,
+    ) -> str:
+        """Claim a stamp, publish every staged table, check them, write the manifest last.
 
         Returns:
             The stamp of the committed files.
+
+        Raises:
+            CommitError: a published table is missing or short (what was published is
+                removed again, the manifest is not written).
         """
         claim, stamp = self._claim()
         published: list[str] = []
         try:
-            for key, path in self.staged.items():
-                suffix = path[path.rindex(".") :]
-                final = self.store.path(f"{key}_{stamp}{suffix}")
-                self.store.copy(path, final)
+            finals = {}
+            for key, staged in tables.items():
+                final = self.store.path(final_name(key, stamp, staged.suffix))
                 published.append(final)
+                self.store.copy(staged.path, final)
+                finals[key] = (final, staged)
+            check_published(finals, self.store.size)
             if manifest is not None:
-                final = self.store.path(f"manifest_{stamp}.json")
+                final = self.store.path(manifest_name(stamp))
                 self.store.put(final, manifest(stamp), exclusive=True)
         except BaseException:
             for final in published:  # nothing of a failed commit stays under a final name
@@ -386,7 +469,7 @@ class ObjectStaging:
         base = stamp = utc_stamp()
         for n in itertools.count(2):
             claim = self.store.path(CONTROL, "runs", f"{stamp}.json")
-            taken = self.store.exists(self.store.path(f"manifest_{stamp}.json"))
+            taken = self.store.exists(self.store.path(manifest_name(stamp)))
             if not taken:
                 try:
                     self.store.put(claim, body, exclusive=True)
@@ -399,7 +482,6 @@ class ObjectStaging:
     def abort(self) -> None:
         """Remove this run's staged objects; final names are left as they were."""
         self.store.remove(self._staging_folder(), recursive=True)
-        self.staged.clear()
 
 
 def remove_dead_runs(store: Store, older_than: float = 86_400.0) -> list[str]:
@@ -426,7 +508,7 @@ def remove_dead_runs(store: Store, older_than: float = 86_400.0) -> list[str]:
     for name, info in store.listing(runs).items():
         stamp = name.removesuffix(".json")
         tag = _claim_tag(store, f"{runs}/{name}")
-        if f"manifest_{stamp}.json" in finals or not _dead(tag, info["mtime"], older_than):
+        if manifest_name(stamp) in finals or not _dead(tag, info["mtime"], older_than):
             continue
         for final in finals:
             if final.rsplit(".", 1)[0].endswith(f"_{stamp}"):

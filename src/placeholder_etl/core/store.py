@@ -107,6 +107,14 @@ class Store:
     def exists(self, path: str) -> bool:
         return bool(self.fs.exists(path))
 
+    def size(self, path: str) -> int | None:
+        """The size of the file at ``path`` (one HEAD on an object store); None: no such file."""
+        try:
+            info = self.fs.info(path)
+        except FileNotFoundError:
+            return None
+        return int(info["size"]) if info.get("type") == "file" else None
+
     def cat(self, path: str) -> bytes:
         return self.fs.cat_file(path)
 
