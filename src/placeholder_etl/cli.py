@@ -1,5 +1,6 @@
-"""The ``placeholder-etl`` command line: ``run`` the pipeline, ``serve`` it on a schedule,
-``setup-alerts``, and ``serve-api`` (the bundled test API).
+"""The ``placeholder-etl`` command line: ``run`` the pipeline, ``verify`` its output against
+the manifest, ``serve`` it on a schedule, ``setup-alerts``, and ``serve-api`` (the bundled
+test API).
 
 ``run`` has one option per field of the settings models (:mod:`placeholder_etl.core.settings`),
 generated from them: ``--page-size`` is ``FetchSettings.page_size``, with its default, bounds
@@ -24,6 +25,7 @@ from pydantic.fields import FieldInfo
 
 from placeholder_etl.core.settings import (
     DEFAULT_API_URL,
+    DEFAULT_OUTPUT_DIR,
     DEFAULT_RESOURCES,
     Environment,
     RunSettings,
@@ -286,6 +288,53 @@ def serve_flow(
         parameters=settings.model_dump(include={"api_url", "output_dir", "resources"}),
         tags=["placeholder-etl", "served"],
     )
+
+
+@app.command("verify")
+def verify(
+    output: Annotated[
+        str | None,
+        typer.Argument(
+            help="The output folder or URL (default: $PLACEHOLDER_ETL_OUTPUT_DIR, else output).",
+            show_default=False,
+        ),
+    ] = None,
+    manifest: Annotated[
+        str | None,
+        typer.Option(
+            help="The manifest to check against: a name in OUTPUT, or a path or URL "
+            "(default: the newest in OUTPUT).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Check a run's tables against its manifest: each one there, with the recorded size,
+    sha256 and row count.
+
+    Exit status 0 when every table is as recorded; 1 with one line per table that is not
+    (missing, short, changed), or when there is no manifest to check against.
+    """
+    from placeholder_etl.core.verify import verify_output
+
+    folder = output or environment().output_dir or DEFAULT_OUTPUT_DIR
+    try:
+        verified = verify_output(folder, manifest)
+    except (FileNotFoundError, ValidationError) as exc:
+        reason = "not a manifest this version reads" if isinstance(exc, ValidationError) else exc
+        print(f"error: {reason}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    tables = verified.manifest.tables
+    name = verified.manifest_file.rsplit("/", 1)[-1]
+    for problem in verified.problems:
+        print(problem, file=sys.stderr)
+    if verified.problems:
+        print(
+            f"error: {len(verified.problems)} of {len(tables)} tables are not as {name} records",
+            file=sys.stderr,
+        )
+        raise typer.Exit(1)
+    rows = sum(info.rows for info in tables.values())
+    print(f"ok: {len(tables)} tables, {rows:,} rows, as {verified.manifest_file} records")
 
 
 @app.command("setup-alerts")
