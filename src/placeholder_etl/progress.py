@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,10 @@ def _tell(snapshot: Snapshot) -> None:
         listener(snapshot)
 
 
+#: Seconds between two looks at the futures while waiting for them.
+_POLL = 0.05
+
+
 def track(
     futures: Any,
     cache: Store,
@@ -132,15 +136,19 @@ def track(
 def _wait(futures: Any, timeout: float) -> bool:
     """Wait up to ``timeout`` seconds for every future; whether they are all done.
 
-    Asks the executor (a thread pool or Dask), not the Prefect API.
+    Asks the executor (a thread pool or Dask), not the Prefect API, and only whether each
+    future is done: never for its result with a timeout. A Dask future's ``result(timeout)``
+    that times out while the client is gathering cancels the gather that every other
+    waiter of that client shares, and the flow's own ``result()`` then dies of the
+    cancellation (distributed 2026.8: the shared ``_gather_future`` is awaited unshielded).
     """
     deadline = time.monotonic() + timeout
-    for future in futures:
-        wrapped = future.wrapped_future
-        left = max(0.0, deadline - time.monotonic())
-        if left:
-            with suppress(Exception):  # timed out, or failed: a failure is the flow's to report
-                wrapped.result(timeout=left)
-        if not wrapped.done():
+    pending = [future.wrapped_future for future in futures]
+    while True:
+        pending = [wrapped for wrapped in pending if not wrapped.done()]
+        if not pending:
+            return True
+        left = deadline - time.monotonic()
+        if left <= 0:
             return False
-    return True
+        time.sleep(min(_POLL, left))
