@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +39,7 @@ for _name in _FROM_OUTSIDE:
 
 from placeholder_api.server import make_server
 from tests.helpers import WebhookReceiver
+from tests.s3server import weed_server
 
 TIERS = ("unit", "integration", "e2e")
 
@@ -77,6 +79,31 @@ def prefect_api_url() -> Iterator[str]:
             yield url
         finally:
             os.environ.pop("PREFECT_API_URL", None)
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator:
+    """SeaweedFS (``weed mini``) on free loopback ports, its AWS_* variables exported for the
+    module: the flow, Dask workers and CLI subprocesses find the store the standard way."""
+    with weed_server() as server:
+        saved = {name: os.environ.get(name) for name in server.env}
+        os.environ.update(server.env)
+        try:
+            yield server
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+
+@pytest.fixture
+def bucket(s3) -> str:
+    """A fresh, empty bucket."""
+    name = f"t-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=name)
+    return name
 
 
 @pytest.fixture

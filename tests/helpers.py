@@ -51,13 +51,14 @@ def run_etl(
     out: Path,
     *options: str,
     cache: Path | None = None,
-    runner: str | None = "local",
+    runner: str | None = None,
     **kwargs: Any,
 ):
     """``placeholder-etl run`` from ``api_url`` into ``out``, then ``options``.
 
     ``cache`` is the page cache folder (None: ``--no-cache``); ``runner`` the task runner
-    (None: the CLI's default). Keywords are :func:`run_cli`'s.
+    (None: the CLI's default, Dask; a test that wants threads names ``"local"``). Keywords
+    are :func:`run_cli`'s.
     """
     return run_cli(
         *("run", "--api-url", api_url, "--output-dir", str(out)),
@@ -102,14 +103,15 @@ def kill_group(proc: subprocess.Popen) -> None:
 def run_flow(api_url: str, out: Path | str, cache_dir: Path | str, **options: Any):
     """Run the flow in this process with the CLI's option names (``page_size=10``...).
 
-    Defaults suit a small test: threads, 10 records a page, one page a task, short retry
-    delays. ``cache_dir`` "" keeps the default cache. Returns the flow's
+    The runner is the CLI's default (Dask) unless the test names one (``runner="local"``:
+    threads); the other defaults suit a small test: 10 records a page, one page a task,
+    short retry delays. ``cache_dir`` "" keeps the default cache. Returns the flow's
     :class:`~placeholder_etl.core.results.RunResult`.
     """
     from placeholder_etl.cli import settings_from_options
     from placeholder_etl.flow import etl
 
-    defaults = {"runner": "local", "page_size": 10, "pages_per_task": 1, "retry_delay": 0.05}
+    defaults = {"page_size": 10, "pages_per_task": 1, "retry_delay": 0.05}
     settings = settings_from_options(
         defaults
         | options

@@ -45,7 +45,9 @@ def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
 def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path, fault) -> None:
     out = tmp_path / "out"
     with make_server(users=30, fault=fault) as server:
-        result = run_etl(server.url, out, "--page-size", "10", cache=tmp_path / "cache")
+        result = run_etl(
+            server.url, out, "--page-size", "10", cache=tmp_path / "cache", runner="local"
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         assert server.stats()["faults_injected"] >= 4
     (users,) = out.glob("users_[0-9]*.csv")
@@ -85,6 +87,7 @@ def test_bad_input_fails_clearly_and_touches_nothing(tmp_path, fault, page, mess
             *(server.url, out, "--page-size", "10"),
             cache=tmp_path / "cache",
             timeout=420,  # longer than any bound below, so they are what fails
+            runner="local",
         )
         elapsed = time.monotonic() - started
         counts = requests_by_url(server.log())
@@ -219,7 +222,9 @@ def test_the_run_the_cli_names_carries_its_artifacts_and_progress(tmp_path) -> N
 
     out = tmp_path / "out"
     with make_server(users=300) as server:
-        result = run_etl(server.url, out, "--page-size", "10", cache=tmp_path / "cache")
+        result = run_etl(
+            server.url, out, "--page-size", "10", cache=tmp_path / "cache", runner="local"
+        )
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.splitlines()
     assert any(line.startswith("progress: 100% · 30/30 pages · 300 rows") for line in lines)
@@ -244,6 +249,7 @@ def test_every_request_in_flight_has_a_pooled_connection(tmp_path) -> None:
             *(server.url, tmp_path / "out", "--verbose", "--in-flight", "32"),
             *("--page-size", "10", "--pages-per-task", "64"),
             cache=tmp_path / "cache",
+            runner="local",
         )
         log = server.log()
     assert result.returncode == 0, result.stderr[-3000:]

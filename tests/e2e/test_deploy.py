@@ -290,7 +290,7 @@ def test_the_server_side_automation_notifies_on_failure(prefect_server, tmp_path
         assert automation.enabled
         assert automation.trigger.expect == {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"}
     with make_server(users=5, fault="malformed") as server:
-        result = run_etl(server.url, tmp_path / "out", env=env)
+        result = run_etl(server.url, tmp_path / "out", env=env, runner="local")
     assert result.returncode == 1
     messages = webhook.wait_for(1, timeout=90)
     assert len(messages) == 1, messages

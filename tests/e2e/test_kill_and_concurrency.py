@@ -88,7 +88,9 @@ def test_two_runs_at_once_into_one_dir_never_collide(tmp_path) -> None:
     with make_server(users=200, seed=3) as server:
 
         def one(n: int):
-            return run_etl(server.url, out, "--page-size", "10", cache=tmp_path / f"cache-{n}")
+            return run_etl(
+                server.url, out, "--page-size", "10", cache=tmp_path / f"cache-{n}", runner="local"
+            )
 
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(one, [1, 2]))

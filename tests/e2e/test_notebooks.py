@@ -121,7 +121,7 @@ def test_04_flow_on_dask(tmp_path) -> None:
 def test_05_run_report_on_a_given_manifest(tmp_path) -> None:
     out = tmp_path / "out"
     with make_server(users=12) as server:
-        result = run_etl(server.url, out, "--resources", "all")
+        result = run_etl(server.url, out, "--resources", "all", runner="local")
     assert result.returncode == 0, result.stderr[-2000:]
     (manifest,) = out.glob("manifest_*.json")
     values = execute("05-run-report", tmp_path, manifest=str(manifest), output_dir=str(out))
@@ -148,7 +148,9 @@ def test_every_notebook_runs_offline_with_no_parameters(name, tmp_path) -> None:
 
 def test_run_report_writes_html_for_readers(tmp_path) -> None:
     out = tmp_path / "out"
-    result = run_etl("bundled", out, "--resources", "all", "--report", cache=tmp_path / "cache")
+    result = run_etl(
+        "bundled", out, "--resources", "all", "--report", cache=tmp_path / "cache", runner="local"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     (report,) = out.glob("report_*.html")
     assert f"report: {report}" in result.stdout
@@ -194,6 +196,7 @@ def test_a_failing_report_keeps_the_data_and_says_so(tmp_path) -> None:
         *("bundled", out, "--report"),
         cache=tmp_path / "cache",
         env={"PLACEHOLDER_ETL_NOTEBOOKS": str(broken)},
+        runner="local",
     )
     assert result.returncode == 3
     last = result.stderr.strip().splitlines()[-1]

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from distributed import Client
 
 from placeholder_api.server import make_server
 from placeholder_etl.cluster import WorkerSetupError, local_cluster_kwargs
+from tests.dask_cluster import start_cluster, stop_cluster
 from tests.helpers import listening_sockets, process_tree, run_etl, run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
@@ -28,84 +26,6 @@ OTHER_VERSION = (
 )
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        args,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        env={**os.environ, "DASK_DISTRIBUTED__WORKER__DAEMON": "false"},
-    )
-
-
-def _stop(processes: list[subprocess.Popen]) -> None:
-    for process in reversed(processes):
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-    for process in processes:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def start_cluster(tmp: Path, workers: int, worker_code: str | None = None) -> tuple[str, list]:
-    """A scheduler and ``workers`` worker processes on loopback; returns (address, processes)."""
-    scheduler_file = tmp / "scheduler.json"
-    processes = [
-        _start(
-            [
-                sys.executable,
-                "-m",
-                "distributed.cli.dask_scheduler",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--no-dashboard",
-                "--dashboard-address",  # its HTTP server (metrics) listens anyway
-                "127.0.0.1:0",
-                "--scheduler-file",
-                str(scheduler_file),
-            ],
-            tmp / "scheduler.log",
-        )
-    ]
-    deadline = time.monotonic() + 60
-    while not scheduler_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    # --no-nanny for the code variant: a nanny would start a fresh worker process without it
-    if worker_code:
-        worker = [sys.executable, "-c", worker_code, "--no-nanny"]
-    else:
-        worker = [sys.executable, "-m", "distributed.cli.dask_worker"]
-    for n in range(workers):
-        processes.append(
-            _start(
-                [
-                    *worker,
-                    "--scheduler-file",
-                    str(scheduler_file),
-                    "--nthreads",
-                    "2",
-                    "--host",
-                    "127.0.0.1",
-                    "--no-dashboard",
-                    "--dashboard-address",
-                    "127.0.0.1:0",
-                    "--name",
-                    f"test-worker-{n}",
-                ],
-                tmp / f"worker-{n}.log",
-            )
-        )
-    with Client(scheduler_file=str(scheduler_file), timeout=60) as client:
-        client.wait_for_workers(workers, timeout=120)
-        address = client.scheduler.address
-    return address, processes
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[tuple[str, set[str]]]:
     """A real cluster of one scheduler and two worker processes; yields (address, workers)."""
@@ -115,7 +35,7 @@ def cluster(tmp_path_factory) -> Iterator[tuple[str, set[str]]]:
             workers = set(client.scheduler_info()["workers"])
         yield address, workers
     finally:
-        _stop(processes)
+        stop_cluster(processes)
 
 
 def test_tasks_run_on_the_external_workers_and_match_a_local_run(api, tmp_path, cluster) -> None:
@@ -129,7 +49,9 @@ def test_tasks_run_on_the_external_workers_and_match_a_local_run(api, tmp_path, 
         dask_address=address,
         **common,
     ).manifest
-    local = run_flow(api.url, tmp_path / "local", tmp_path / "cache", **common).manifest
+    local = run_flow(
+        api.url, tmp_path / "local", tmp_path / "cache", runner="local", **common
+    ).manifest
     assert set(on_cluster.workers) <= workers
     assert len(set(on_cluster.workers)) == 2  # five tasks spread over both workers
     assert on_cluster.tables["users"].sha256 == local.tables["users"].sha256
@@ -164,7 +86,7 @@ def test_workers_that_cannot_run_the_tasks_are_refused_clearly(
                 api.url, tmp_path / "out", tmp_path / "cache", runner="dask", dask_address=address
             )
     finally:
-        _stop(processes)
+        stop_cluster(processes)
     message = str(caught.value)
     assert message.startswith("Dask workers cannot run the tasks (tcp://127.0.0.1:")
     assert answer in message
@@ -191,7 +113,9 @@ def test_workers_on_other_machines_ship_their_parts_back(api, tmp_path, cluster,
     again = run_flow(api.url, tmp_path / "again", cache, **common).manifest
     assert api.stats()["requests"] == 1  # the count: the rows came from what was shipped
     assert again.cached_chunks == again.chunks
-    local = run_flow(api.url, tmp_path / "local", tmp_path / "other", cache=False, page_size=5)
+    local = run_flow(
+        api.url, tmp_path / "local", tmp_path / "other", cache=False, page_size=5, runner="local"
+    )
     for table in ("users", "users_flat"):
         assert shipped.tables[table].sha256 == local.manifest.tables[table].sha256
         assert again.tables[table].sha256 == local.manifest.tables[table].sha256
@@ -246,7 +170,7 @@ def test_a_worker_killed_mid_run_loses_no_rows(tmp_path) -> None:
         assert ids == list(range(1, 3001))  # every row, once, in order
         assert victim_address not in manifest.workers
     finally:
-        _stop([scheduler, *processes[1:]])
+        stop_cluster([scheduler, *processes[1:]])
 
 
 @pytest.mark.parametrize("processes", [False, True])

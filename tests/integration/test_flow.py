@@ -19,7 +19,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
 
 def run(api_url: str, out: Path, cache_dir: Path, **options) -> Manifest:
-    return run_flow(api_url, out, cache_dir, **options).manifest
+    """A run on threads (the runner these tests name) unless ``options`` name another."""
+    return run_flow(api_url, out, cache_dir, **{"runner": "local", **options}).manifest
 
 
 def users_csv(out: Path) -> Path:

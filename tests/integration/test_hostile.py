@@ -17,7 +17,7 @@ pytestmark = pytest.mark.usefixtures("prefect_api_url")
 
 
 def run(server, tmp_path, **options) -> Manifest:
-    options = {"cache": False} | options
+    options = {"cache": False, "runner": "local"} | options
     return run_flow(server.url, tmp_path / "out", tmp_path / "cache", **options).manifest
 
 
@@ -119,11 +119,11 @@ def test_credentials_in_the_api_url_never_reach_outputs(tmp_path, fault) -> None
     with make_server(users=3, fault=fault) as server:
         url = server.url.replace("http://", "http://etl:hunter2@")
         if fault == "none":
-            manifest = run_flow(url, tmp_path / "out", tmp_path / "cache").manifest
+            manifest = run_flow(url, tmp_path / "out", tmp_path / "cache", runner="local").manifest
             assert manifest.source.startswith("http://etl:***@127.0.0.1:")
         else:
             with pytest.raises(PermanentError, match=r"from http://etl:\*\*\*@127") as error:
-                run_flow(url, tmp_path / "out", tmp_path / "cache")
+                run_flow(url, tmp_path / "out", tmp_path / "cache", runner="local")
             assert "hunter2" not in str(error.value)
         assert server.stats()["requests"] >= 1  # the credentials were really sent
     written = "".join(p.read_text() for p in tmp_path.rglob("*") if p.is_file())

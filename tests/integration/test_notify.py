@@ -40,6 +40,7 @@ def test_a_failing_run_posts_one_message(tmp_path, webhook) -> None:
             *(server.url, tmp_path / "out", "--verbose", "--page-size", "10"),
             *("--pages-per-task", "1", "--notify-webhook", webhook.url),
             cache=tmp_path / "cache",
+            runner="local",
         )
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: users page 2 from ")
@@ -101,6 +102,7 @@ def test_a_successful_run_sends_nothing(tmp_path, webhook) -> None:
             *(server.url, tmp_path / "out", "--verbose"),
             cache=tmp_path / "cache",
             env={"PLACEHOLDER_ETL_NOTIFY_WEBHOOK": webhook.url},
+            runner="local",
         )
     assert result.returncode == 0, result.stderr[-2000:]
     assert webhook.received == []
@@ -113,6 +115,7 @@ def test_an_undeliverable_notification_does_not_hide_the_error(tmp_path) -> None
             result = run_etl(
                 *(server.url, tmp_path / "out", "--verbose", "--notify-webhook", broken.url),
                 cache=tmp_path / "cache",
+                runner="local",
             )
     finally:
         broken.close()
@@ -147,6 +150,7 @@ def test_secrets_never_reach_logs_manifests_artifacts_or_reports(tmp_path, webho
             *(server.url, out, "--verbose", "--resources", "all", "--report"),
             cache=tmp_path / "cache",
             env=secrets,
+            runner="local",
         )
     assert result.returncode == 0, result.stderr[-2000:]
     written = "".join(p.read_text(errors="replace") for p in out.iterdir() if p.is_file())

@@ -3,12 +3,9 @@ started on 127.0.0.1 for this module, talked to the standard way (AWS_* variable
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 import requests
@@ -18,34 +15,8 @@ from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.store import StoreError
 from tests.helpers import kill_group, run_cli, run_flow, seed_transform
-from tests.s3server import weed_server
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator:
-    """SeaweedFS on free loopback ports; its AWS_* variables exported for the module (the
-    flow, Dask workers and CLI subprocesses find the store the standard way)."""
-    with weed_server() as server:
-        saved = {name: os.environ.get(name) for name in server.env}
-        os.environ.update(server.env)
-        try:
-            yield server
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
-
-
-@pytest.fixture
-def bucket(s3) -> str:
-    """A fresh, empty bucket."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    s3.client().create_bucket(Bucket=name)
-    return name
 
 
 def objects(s3, bucket: str) -> dict[str, str]:
