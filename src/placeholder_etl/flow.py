@@ -4,9 +4,13 @@ The steps are :mod:`placeholder_etl.core.pipeline` functions, wrapped in tasks b
 :mod:`placeholder_etl.tasks`; the task runner (threads or Dask) is chosen once the records are
 counted (:mod:`placeholder_etl.task_runner`), so one flow run does everything and carries every
 log and artifact.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: ``flow.serve`` runs each flow run in a spawned
+process that gets the flow by cloudpickle, and cloudpickle copies ``etl``'s function by value
+(the module attribute ``etl`` is the Flow, not the function) with only the globals its body
+uses. Prefect validates the parameters against the annotations; as strings they would name
+types (``ResourceNames``, ``FetchSettings``) that the copy cannot resolve.
+"""
 
 import socket
 import threading
