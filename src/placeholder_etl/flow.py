@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
@@ -24,6 +25,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
+from placeholder_etl import __version__
 from placeholder_etl.cluster import check_workers, cluster_threads, make_task_runner
 from placeholder_etl.core import fastpath, pipeline
 from placeholder_etl.core.resources import resolve_resources
@@ -87,6 +89,7 @@ def etl(
     """
     logger = get_run_logger()
     started, clock = datetime.now(UTC), time.perf_counter()
+    logger.info("placeholder-etl %s from %s", __version__, Path(__file__).parent)
     api_url, names = api_url.rstrip("/"), list(resolve_resources(resources))
     staging = pipeline.output_staging(output_dir)  # a clear error for an unusable URL
     cache = pipeline.cache_store(fetch.cache_url(output_dir))
