@@ -273,6 +273,7 @@ def serve_flow(
     keep their defaults; change them per run in the Prefect UI.
     """
     from prefect.schedules import Cron, Interval
+    from prefect.types.entrypoint import EntrypointType
 
     from placeholder_etl.flow import etl
 
@@ -287,6 +288,8 @@ def serve_flow(
         schedules=schedules,
         parameters=settings.model_dump(include={"api_url", "output_dir", "resources"}),
         tags=["placeholder-etl", "served"],
+        # `placeholder_etl.flow.etl`, not a file path relative to this process's directory
+        entrypoint_type=EntrypointType.MODULE_PATH,
     )
 
 

@@ -4,15 +4,20 @@ The steps are :mod:`placeholder_etl.core.pipeline` functions, wrapped in tasks b
 :mod:`placeholder_etl.tasks`; the task runner (threads or Dask) is chosen once the records are
 counted (:mod:`placeholder_etl.task_runner`), so one flow run does everything and carries every
 log and artifact.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: ``flow.serve`` runs each flow run in a spawned
+process that gets the flow by cloudpickle, and cloudpickle copies ``etl``'s function by value
+(the module attribute ``etl`` is the Flow, not the function) with only the globals its body
+uses. Prefect validates the parameters against the annotations; as strings they would name
+types (``ResourceNames``, ``FetchSettings``) that the copy cannot resolve.
+"""
 
 import socket
 import threading
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, unmapped
@@ -20,6 +25,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import wait
 from prefect.runtime import flow_run
 
+from placeholder_etl import __version__
 from placeholder_etl.cluster import check_workers, cluster_threads, make_task_runner
 from placeholder_etl.core import fastpath, pipeline
 from placeholder_etl.core.names import manifest_name
@@ -83,6 +89,7 @@ def etl(
     """
     logger = get_run_logger()
     started, clock = datetime.now(UTC), time.perf_counter()
+    logger.info("placeholder-etl %s from %s", __version__, Path(__file__).parent)
     api_url, names = api_url.rstrip("/"), list(resolve_resources(resources))
     staging = pipeline.output_staging(output_dir)  # a clear error for an unusable URL
     cache = pipeline.cache_store(fetch.cache_url(output_dir))

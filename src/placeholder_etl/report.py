@@ -1,5 +1,8 @@
 """The run report: ``notebooks/05-run-report.ipynb`` executed by papermill, rendered to HTML.
 
+The notebook is installed with the package (:func:`notebooks_dir`), so ``--report`` works from
+a wheel as well as from a checkout.
+
 :func:`render_report` runs the notebook on a run's manifest in a fresh kernel and writes
 ``report_<timestamp>.html`` atomically beside the run's files: code hidden, and so are the
 values the notebook records for its tests and the cells tagged ``remove_cell`` (notes for
@@ -41,10 +44,14 @@ class ReportError(EtlError):
 
 
 def notebooks_dir() -> Path:
-    """``$PLACEHOLDER_ETL_NOTEBOOKS``, else the checkout's ``notebooks/`` folder."""
+    """``$PLACEHOLDER_ETL_NOTEBOOKS``, else the package's ``notebooks/`` folder.
+
+    The package's report notebook is installed with it (package data); in a checkout it is a
+    link to ``notebooks/05-run-report.ipynb``, the copy people edit.
+    """
     if explicit := environment().notebooks:
         return Path(explicit)
-    return Path(__file__).resolve().parents[2] / "notebooks"
+    return Path(__file__).with_name("notebooks")
 
 
 def render_report(manifest: Path, output_dir: Path, timeout: int = 600) -> Path:

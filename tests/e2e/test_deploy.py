@@ -4,13 +4,15 @@ The module starts `make server` on a free loopback port (SQLite in a temporary P
 clones this checkout (its last commit) and runs `make deploy` in the clone against that
 server, then runs each deployment of prefect.yaml once through `prefect worker start
 --run-once`: the *-local ones with this environment (a worker with a checkout), daily-git with
-a Python that has the dependencies but not this package (a worker without one), so only the
-deployment's own pull steps (clone the clone's origin, install it) can make it run.
+a Python of its own that has the dependencies and another copy of the package (this checkout's
+src/, as an editable install puts it), so the run must use its fresh clone's code and leave that
+Python's packages (`pip freeze`) as they were.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -193,11 +195,12 @@ def test_make_deploy_clones_origin_or_else_the_checkout_itself(clone, tmp_path) 
 
 
 @pytest.fixture
-def python_without_the_package(tmp_path) -> Path:
-    """A Python with this environment's dependencies on its path but not placeholder_etl.
+def python_with_another_copy(tmp_path) -> Path:
+    """A Python with this environment's dependencies and this checkout's ``src/`` on its path,
+    as an editable install of this checkout puts them, but not the deployment's clone.
 
-    A venv whose .pth file adds this environment's site-packages as a plain path: the
-    dependencies import, the editable install's own .pth there is not processed.
+    A venv whose .pth files add this environment's site-packages and ``ROOT/src`` as plain
+    paths (the editable install's own .pth in site-packages is not processed).
     """
     venv = tmp_path / "worker-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -210,23 +213,55 @@ def python_without_the_package(tmp_path) -> Path:
     ).stdout.strip()
     paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
     (Path(purelib) / "dependencies.pth").write_text("\n".join(paths) + "\n")
+    (Path(purelib) / "checkout.pth").write_text(f"{ROOT / 'src'}\n")
     probe = subprocess.run(
-        [python, "-c", "import prefect, pandas, pip; import placeholder_etl"],
+        [
+            python,
+            "-c",
+            "import prefect, pandas, pip, placeholder_etl; print(placeholder_etl.__file__)",
+        ],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert "No module named 'placeholder_etl'" in probe.stderr, probe.stderr
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert Path(probe.stdout.strip()).parent == ROOT / "src" / "placeholder_etl"
     return python
 
 
+def _pip_freeze(python: Path, env: dict[str, str]) -> str:
+    return subprocess.run(
+        [python, "-m", "pip", "freeze", "--all"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+
+
+def _code_of_run(client, run_id) -> Path:
+    """Where the run's placeholder_etl was imported from (the flow's first log line)."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])))
+    found = [
+        m for log in logs if (m := re.fullmatch(r"placeholder-etl \S+ from (.+)", log.message))
+    ]
+    assert len(found) == 1, [log.message for log in logs]
+    return Path(found[0].group(1))
+
+
 @pytest.mark.parametrize("name", DEPLOYMENTS)
-def test_every_deployment_runs_through_a_worker(name, deployed, tmp_path, request) -> None:
-    """Each deployment, as deployed, run once by a worker on a work queue of this test's own."""
+def test_every_deployment_runs_through_a_worker(name, deployed, clone, tmp_path, request) -> None:
+    """Each deployment, as deployed, run once by a worker on a work queue of this test's own:
+    the *-local ones run their checkout's code; daily-git runs its clone's and installs nothing
+    into the worker's Python."""
     if name.endswith("-git"):
-        python = request.getfixturevalue("python_without_the_package")
+        python = request.getfixturevalue("python_with_another_copy")
     else:
         python = Path(sys.executable)
+    packages = _pip_freeze(python, deployed)
     queue = f"test-{name}-{uuid.uuid4().hex[:8]}"  # no other run (scheduled ones) on it
     out = tmp_path / "out"
     with make_server(users=15) as server:
@@ -255,12 +290,21 @@ def test_every_deployment_runs_through_a_worker(name, deployed, tmp_path, reques
         assert worker.returncode == 0, logs
     with _client(deployed) as client:
         state = client.read_flow_run(run.id).state
+        code = _code_of_run(client, run.id)
     assert state.is_completed(), f"{state.type}: {state.message}\n{logs}"
     (users,) = out.glob("users_[0-9]*.csv")
     assert len(users.read_text().splitlines()) == 16
     if deployment.parameters["resources"] == "all":
         (activity,) = out.glob("user_activity_[0-9]*.csv")
         assert len(activity.read_text().splitlines()) == 16
+    assert _pip_freeze(python, deployed) == packages
+    if name.endswith("-git"):  # a clone of the clone's origin (this checkout), made for the run
+        assert code.parts[-2:] == ("src", "placeholder_etl"), code
+        assert code.parents[1].name.startswith(ROOT.name), code  # git_clone adds the branch
+        assert code.parents[1] not in (ROOT, clone), code
+        assert not code.exists(), code  # the worker removed it after the run
+    else:
+        assert code == clone / "src" / "placeholder_etl"
 
 
 def test_a_deployment_run_with_a_bad_setting_is_refused_naming_it(deployed, tmp_path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from fnmatch import fnmatch
 
 import yaml
 
@@ -54,3 +55,17 @@ def test_the_console_scripts_and_the_deployment_entrypoint_exist() -> None:
     }
     source = (ROOT / "flows" / "etl.py").read_text()
     assert "from placeholder_etl.flow import etl" in source
+
+
+def test_the_report_notebook_ships_with_the_package_as_one_copy() -> None:
+    """The package's report notebook (package data, so --report works from a wheel) is a link
+    to notebooks/05-run-report.ipynb, the copy people edit; the default report finds it."""
+    from placeholder_etl.report import REPORT_NOTEBOOK, notebooks_dir
+
+    shipped = ROOT / "src" / "placeholder_etl" / "notebooks" / REPORT_NOTEBOOK
+    assert shipped.is_symlink()
+    assert shipped.resolve() == (ROOT / "notebooks" / REPORT_NOTEBOOK).resolve()
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    patterns = setuptools["package-data"]["placeholder_etl"]
+    assert any(fnmatch(f"notebooks/{REPORT_NOTEBOOK}", pattern) for pattern in patterns)
+    assert (notebooks_dir() / REPORT_NOTEBOOK).resolve() == shipped.resolve()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import pytest
 from pydantic import ValidationError
@@ -31,6 +33,30 @@ def test_the_flow_takes_the_run_settings_and_no_more() -> None:
     assert {"api_url", "output_dir", "resources"} <= set(parameters)
     for name, parameter in parameters.items():  # one default, written once
         assert parameter.default == RunSettings.model_fields[name].get_default(), name
+
+
+def test_a_pickled_copy_of_the_flow_validates_its_parameters(tmp_path) -> None:
+    """What `placeholder-etl serve` does with each run: the flow, cloudpickled into a fresh
+    interpreter (the function by value, with only the globals its body uses), validates the
+    parameters against its annotations."""
+    import cloudpickle
+
+    pickled = tmp_path / "flow.pickle"
+    pickled.write_bytes(cloudpickle.dumps(_flow()))
+    probe = (
+        "import pickle, sys; flow = pickle.loads(open(sys.argv[1], 'rb').read()); "
+        "p = flow.validate_parameters({'resources': 'users,posts', 'fetch': {'page_size': 5}}); "
+        "print(p['resources'], p['fetch'].page_size)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, pickled],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-1] == "users,posts 5"
 
 
 def _numbers(schema: dict, definitions: dict, path: str = "") -> list[tuple[str, dict]]:
