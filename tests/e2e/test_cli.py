@@ -40,6 +40,20 @@ def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
     assert frame["ID"].tolist() == list(range(1, 13))
     assert "bundled API server with 12 users" in result.stdout
 
+    checked = run_cli("verify", str(out), timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.startswith("ok: 2 tables, 24 rows, as ")
+    (flat,) = out.glob("users_flat_*.csv")
+    flat.write_bytes(flat.read_bytes()[:-20])  # truncated
+    users.unlink()
+    checked = run_cli("verify", str(out), timeout=60)
+    assert checked.returncode == 1
+    lines = checked.stderr.strip().splitlines()
+    size = flat.stat().st_size
+    short = f"{flat.name}: {size:,} bytes, the manifest says {size + 20:,}"
+    assert sorted(lines[:-1]) == sorted([f"{users.name}: missing", short])
+    assert lines[-1].startswith("error: 2 of 2 tables are not as manifest_")
+
 
 @pytest.mark.parametrize("fault", ["5xx:3", "429:1"])
 def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path, fault) -> None:
@@ -170,8 +184,8 @@ def test_serve_api_rejects_an_unknown_fault() -> None:
 def test_help_lists_the_commands() -> None:
     result = run_cli("--help", timeout=60)
     assert result.returncode == 0
-    assert "run" in result.stdout
-    assert "serve-api" in result.stdout
+    for command in ("run", "verify", "serve", "serve-api", "setup-alerts"):
+        assert re.search(rf"\b{command}\b", result.stdout), command
 
 
 def test_command_line_runs_start_no_heartbeat_thread_unless_asked(monkeypatch) -> None:
