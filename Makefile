@@ -22,7 +22,7 @@ PLACEHOLDER_ETL_HOME := $(CURDIR)
 PLACEHOLDER_ETL_REPO ?= $(shell git -C '$(CURDIR)' remote get-url origin 2>/dev/null || echo '$(CURDIR)')
 PLACEHOLDER_ETL_BRANCH ?= $(shell git -C '$(CURDIR)' symbolic-ref --quiet --short HEAD 2>/dev/null)
 
-.PHONY: help install run test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation saturn-recipes bench bench-quick soak chaos clean
+.PHONY: help install run verify test test-quick lint format serve-api lab strip-notebooks server deploy worker serve automation saturn-recipes bench bench-quick soak chaos clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -40,6 +40,9 @@ install: $(STAMP) ## Create .venv (if missing) and install the package with ever
 run: $(STAMP) ## Run the pipeline offline: bundled API server, ephemeral Prefect, local Dask
 	$(BIN)/placeholder-etl run --api-url bundled --bundled-users $(USERS) \
 		--runner dask --output-dir $(OUTPUT_DIR)
+
+verify: $(STAMP) ## Check the newest run in OUTPUT_DIR against its manifest (sizes, sha256, rows)
+	$(BIN)/placeholder-etl verify $(OUTPUT_DIR)
 
 test: $(STAMP) ## Install and run every test (ruff, then unit, integration and end-to-end tiers)
 	$(BIN)/ruff check .
