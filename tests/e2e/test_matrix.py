@@ -74,7 +74,7 @@ def runner_options(runner: str, address: str) -> tuple[str, ...]:
     return {
         "threads": ("--runner", "local"),
         "dask": (),
-        "dask-processes": ("--dask-processes", "--dask-workers", "2", "--dask-threads", "1"),
+        "dask-processes": ("--dask-workers", "2"),  # implies worker processes
         "dask-external": ("--dask-address", address),
     }[runner]
 
@@ -110,7 +110,9 @@ def verified(output: str) -> Manifest:
     return manifest
 
 
-@pytest.mark.parametrize(("runner", "output", "fmt", "cache"), MATRIX, ids="-".join)
+@pytest.mark.parametrize(
+    ("runner", "output", "fmt", "cache"), MATRIX, ids=["-".join(row) for row in MATRIX]
+)
 def test_a_configuration_runs_end_to_end_and_its_output_verifies(
     runner, output, fmt, cache, s3, bucket, dask_external, tmp_path
 ) -> None:
