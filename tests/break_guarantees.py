@@ -355,10 +355,52 @@ MUTATIONS = (
         also=(
             (
                 PAGES,
-                '            if done is not None and (oldest is None or info["mtime"] >= oldest):',
-                "            if done is not None:",
+                '            if done is None or (oldest is not None and info["mtime"] < oldest):',
+                "            if done is None:",
             ),
             (PAGES, "        if newest < oldest:", "        if False:"),
+        ),
+    ),
+    Mutation(
+        "checksum",
+        "A damaged cached page is fetched again, never trusted",
+        "cached pages are reused without reading their checksums",
+        PAGES,
+        "        if not self.store.local:\n            return None\n",
+        "        return None\n",
+        (
+            T
+            + "unit/test_page_checkpoints.py::test_damaged_truncated_and_missing_pages_are_not_done",
+            T + "integration/test_checked_checkpoints.py",
+        ),
+    ),
+    Mutation(
+        "page-sizes",
+        "A damaged cached page is fetched again, never trusted",
+        "page files are not checked against their markers' sizes",
+        PAGES,
+        '            if info["size"] != size:\n                return "damaged"\n',
+        "",
+        (T + "unit/test_page_checkpoints.py", T + "integration/test_checked_checkpoints.py"),
+        # the checksum read on reuse would catch a truncated file too: break both
+        also=(
+            (
+                PAGES,
+                "        if not self.store.local:\n            return None\n",
+                "        return None\n",
+            ),
+        ),
+    ),
+    Mutation(
+        "cached-chunk-check",
+        "A damaged cached page is fetched again, never trusted",
+        "chunks served from Prefect's cache are reused without checking their pages",
+        PIPELINE,
+        "        if not numbers <= done.keys() or any(book.check(done[n]) for n in sorted(numbers)):",
+        "        if not all(cache.exists(book.file(n, t)) for n in numbers for t in book.tables):",
+        (
+            T
+            + "integration/test_checked_checkpoints.py::test_a_rerun_fetches_damaged_cached_pages_again_and_says_which",
         ),
     ),
     Mutation(

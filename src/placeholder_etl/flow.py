@@ -176,11 +176,18 @@ def _received(
     args: dict[str, Any],
 ) -> list[ChunkResult]:
     """Write shipped rows beside the flow; fetch again (together) the cached chunks whose
-    pages are gone."""
+    pages are gone or damaged (each such page is then fetched again and logged)."""
     received = [pipeline.receive_parts(r, cache) for r in results]
-    gone = [i for i, result in enumerate(received) if pipeline.parts_missing(result, cache)]
+    this_run = str(flow_run.get_id())  # this run's chunks checked their pages already
+    gone = [
+        i
+        for i, result in enumerate(received)
+        if result.flow_run_id != this_run and pipeline.parts_damaged(result, cache)
+    ]
     if gone:
-        get_run_logger().info("%d cached chunks' pages are gone, fetching them again", len(gone))
+        get_run_logger().info(
+            "%d cached chunks' pages are gone or damaged, fetching them again", len(gone)
+        )
         again = extract.with_options(refresh_cache=True).map(
             [chunks[i] for i in gone], **{k: unmapped(v) for k, v in args.items()}
         )

@@ -114,6 +114,10 @@ def extract_chunk_task(
     started = time.perf_counter()
     cache = pipeline.cache_store(cache_url)
     result = pipeline.extract_chunk(spec, cache, client, in_flight, keep_formulas, max_age)
+    for number, damage in result.pages_damaged.items():
+        get_run_logger().warning(
+            "%s page %d: cached copy %s, fetching again", spec.resource, number, damage
+        )
     get_run_logger().info(
         "%s: %d rows from %d pages (%d reused) in %.2f s (%d retries) on %s",
         spec.label,

@@ -439,7 +439,7 @@ def test_parts_from_another_machine_travel_in_the_result(tmp_path) -> None:
         (path,) = paths  # one file per table per chunk, the pages joined in page order
         assert Path(path).read_bytes() == pages[table]
         assert Path(path).parent == tmp_path / "flow" / "received" / "users"
-    assert not pipeline.parts_missing(received, flow)
+    assert not pipeline.parts_damaged(received, flow)
 
     # another chunk of the same resource gets files of its own
     other = pipeline.receive_parts(
@@ -453,7 +453,7 @@ def test_parts_from_another_machine_travel_in_the_result(tmp_path) -> None:
     assert [int(line.split(",")[0]) for line in lines] == list(range(1, 31))
 
     Path(received.parts["users"][0]).unlink()
-    assert pipeline.parts_missing(received, flow)
+    assert pipeline.parts_damaged(received, flow)
     assert pipeline.receive_parts(local, flow) is local
 
 
@@ -462,7 +462,7 @@ def test_workers_writing_to_an_object_store_return_paths_only(tmp_path) -> None:
     try:
         remote = users_chunk(store, 1, 1)
         assert pipeline.ship_parts(remote, store, flow_host="elsewhere") is remote
-        assert not pipeline.parts_missing(remote, store)
+        assert not pipeline.parts_damaged(remote, store)
     finally:
         store.remove(store.root, recursive=True)
 

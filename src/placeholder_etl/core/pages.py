@@ -1,10 +1,24 @@
 """Page checkpoints: every page's rows are durable as soon as the page is checked.
 
-A checked page is written at once, one file per output table, then a *marker* whose name
-carries what the page held (``p0000012.done.1000.11001.12000.o``: rows, first and last id,
-whether ids rose strictly). A page counts as done only when its marker exists, so a page half
-written by a killed process is fetched again; one written twice (a retry, a resumed run, Dask
-rerunning a lost worker's task) is the same file written twice, so every row is kept once.
+A checked page is written at once, one file per output table, then a *marker*, the page's
+commit point: its name carries what the page held and what its files must be
+(``p0000012.done.1000.11001.12000.o.153210-1f0c….240311-9a7e…``: rows, first and last id,
+whether ids rose strictly, then each table's file size and checksum). One listing of the
+folder then tells which pages are done and whether their files are all there at their
+recorded sizes, with no read per page (a GET each on an object store).
+
+A page is reused only when its marker exists and its files match it, so nothing damaged is
+ever trusted: a file deleted beside its marker, cut short, emptied or altered in place is
+seen (:meth:`PageBook.scan`: a missing file or another size in the listing;
+:meth:`PageBook.check`: another checksum, on a local disk) and the page is fetched again.
+Each file is written whole under a temporary name and renamed, and the marker comes last, so a
+killed process leaves no marker for a page it had not finished. The files are not fsynced:
+after a power cut a marker can stand beside a torn or empty file, which the same check finds
+(an fsync per page made a 100-page extract 6-40% slower here; the check costs about 0.4 ms a
+page next to 14 ms to fetch and render it). A marker of an older format (no sizes and
+checksums) is not a marker: its page is fetched again. A page written twice (a retry, a resumed
+run, Dask rerunning a lost worker's task) is the same file and marker written twice, so every
+row is kept once.
 
 Checkpoints live under ``<cache>/pages/<version>/<resource>/``. The version is a hash of what
 decides a page's rows — the API, the resource, its ``X-Total-Count``, page size, paging and
@@ -16,48 +30,79 @@ versions of the data; checkpoints older than the cache window are not reused
 from __future__ import annotations
 
 import hashlib
+import re
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 from placeholder_etl.core.fastpath import PageTables
 from placeholder_etl.core.resources import TABLES
 from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
 
-__all__ = ["Done", "PageBook", "count_done", "expire"]
+__all__ = ["Damage", "Done", "PageBook", "checksum", "count_done", "expire", "page_number"]
 
 _ORDERED = {"o": True, "u": False}
+_SUM = re.compile(r"[0-9a-f]{16}")
+_PAGE_FILE = re.compile(r"p(\d{7})\.([a-z_]+)\.csv")
+
+#: What was wrong with a cached page that is fetched again (``ChunkResult.pages_damaged``).
+Damage = Literal["damaged", "missing"]
+
+
+def checksum(data: bytes) -> str:
+    """A page file's checksum: the first 16 hex digits (64 bits) of its sha256.
+
+    It finds damage (a torn, truncated or altered file), not forgery. sha256 runs in the
+    CPU's SHA instructions here: about 0.3 ms for a 1,000-user page's 360 kB, three times
+    faster than blake2b and near crc32.
+    """
+    return hashlib.sha256(data).hexdigest()[:16]
 
 
 @dataclass(frozen=True, slots=True)
 class Done:
-    """What a checkpointed page held (read back from its marker's name)."""
+    """What a checkpointed page held, and its files (read back from its marker's name).
+
+    Attributes:
+        files: ``(size, checksum)`` of each table's file, in the order of the book's tables.
+    """
 
     number: int
     rows: int
     first_id: int | None
     last_id: int | None
     ordered: bool
+    files: tuple[tuple[int, str], ...]
 
     def marker(self) -> str:
         """The marker's file name."""
         first = "-" if self.first_id is None else self.first_id
         last = "-" if self.last_id is None else self.last_id
         flag = "o" if self.ordered else "u"
-        return f"p{self.number:07d}.done.{self.rows}.{first}.{last}.{flag}"
+        files = "".join(f".{size}-{digest}" for size, digest in self.files)
+        return f"p{self.number:07d}.done.{self.rows}.{first}.{last}.{flag}{files}"
 
     @classmethod
     def parse(cls, name: str) -> Done | None:
-        """The page a marker name describes (None: not a marker)."""
+        """The page a marker name describes (None: not a marker, or one of an older format
+        that records no files)."""
         parts = name.split(".")
-        if len(parts) != 6 or parts[1] != "done" or parts[5] not in _ORDERED:
+        if len(parts) < 7 or parts[1] != "done" or parts[5] not in _ORDERED:
             return None
         try:
             first = None if parts[3] == "-" else int(parts[3])
             last = None if parts[4] == "-" else int(parts[4])
-            return cls(int(parts[0][1:]), int(parts[2]), first, last, _ORDERED[parts[5]])
+            files = []
+            for part in parts[6:]:
+                size, digest = part.split("-")
+                if not _SUM.fullmatch(digest):
+                    return None
+                files.append((int(size), digest))
+            number, rows = int(parts[0][1:]), int(parts[2])
         except ValueError:
             return None
+        return cls(number, rows, first, last, _ORDERED[parts[5]], tuple(files))
 
 
 @dataclass(frozen=True)
@@ -88,22 +133,87 @@ class PageBook:
         return f"{self.folder}/p{number:07d}.{table}.csv"
 
     def done(self, max_age: float | None = None) -> dict[int, Done]:
-        """Pages whose checkpoint is complete (and younger than ``max_age`` seconds)."""
+        """Pages whose checkpoint is complete, by the listing (see :meth:`scan`)."""
+        return self.scan(max_age)[0]
+
+    def scan(self, max_age: float | None = None) -> tuple[dict[int, Done], dict[int, Damage]]:
+        """One listing of the folder: the pages done, and the checkpointed pages that are not.
+
+        A page is done when it has a marker younger than ``max_age`` seconds and every file the
+        marker names is there with the size it records (several markers for one page — the
+        data changed under the same total — the newest such). A page whose every marker names a
+        file that is gone is ``missing``; one with a file of another size ``damaged``.
+        """
         oldest = time.time() - max_age if max_age is not None else None
-        found = {}
-        for name, info in self.store.listing(self.folder).items():
+        listing = self.store.listing(self.folder)
+        found: dict[int, tuple[float, Done]] = {}
+        broken: dict[int, Damage] = {}
+        for name, info in listing.items():
             done = Done.parse(name)
-            if done is not None and (oldest is None or info["mtime"] >= oldest):
-                found[done.number] = done
-        return found
+            if done is None or (oldest is not None and info["mtime"] < oldest):
+                continue
+            damage = self._damage(done, listing)
+            if damage is not None:
+                if broken.get(done.number) != "damaged":  # damaged says more than missing
+                    broken[done.number] = damage
+            elif done.number not in found or found[done.number][0] < info["mtime"]:
+                found[done.number] = (info["mtime"], done)
+        pages = {number: done for number, (_, done) in found.items()}
+        return pages, {n: damage for n, damage in broken.items() if n not in pages}
+
+    def _damage(self, done: Done, listing: dict[str, dict]) -> Damage | None:
+        """What the listing shows wrong with ``done``'s files (None: all there, right sizes)."""
+        if len(done.files) != len(self.tables):
+            return "damaged"
+        for table, (size, _) in zip(self.tables, done.files, strict=True):
+            info = listing.get(f"p{done.number:07d}.{table}.csv")
+            if info is None:
+                return "missing"
+            if info["size"] != size:
+                return "damaged"
+        return None
+
+    def check(self, done: Done) -> Damage | None:
+        """Read ``done``'s files back: None when each has the checksum its marker records.
+
+        For a page :meth:`scan` found done (the sizes are right); a file gone since is
+        ``missing``, one whose bytes differ ``damaged``. On a local disk only: there reading a
+        page back costs a small part of fetching it, and a file can be torn by a power cut or
+        changed in place. An object store's objects are whole or absent and reading one back
+        costs a request, so there the sizes in the listing are the check.
+        """
+        if not self.store.local:
+            return None
+        for table, (size, digest) in zip(self.tables, done.files, strict=True):
+            try:
+                data = self.store.cat(self.file(done.number, table))
+            except FileNotFoundError:
+                return "missing"
+            if len(data) != size or checksum(data) != digest:
+                return "damaged"
+        return None
 
     def write(self, number: int, page: PageTables) -> Done:
-        """Make page ``number`` durable: its tables' files, then its marker."""
-        for table in self.tables:  # whole or absent through a kill; no fsync per page
-            self.store.put(self.file(number, table), page.tables[table], sync=False)
-        done = Done(number, page.rows, page.first_id, page.last_id, page.ordered)
+        """Checkpoint page ``number``: its tables' files, then its marker naming their sizes
+        and checksums.
+
+        No fsync (see the module's docstring): what a power cut tears, the check before reuse
+        finds, and the page is fetched again.
+        """
+        files = []
+        for table in self.tables:
+            data = page.tables[table]
+            self.store.put(self.file(number, table), data, sync=False)
+            files.append((len(data), checksum(data)))
+        done = Done(number, page.rows, page.first_id, page.last_id, page.ordered, tuple(files))
         self.store.put(f"{self.folder}/{done.marker()}", b"", sync=False)
         return done
+
+
+def page_number(path: str) -> tuple[int, str] | None:
+    """The page and table of a checkpoint file's path (None: not a page file)."""
+    found = _PAGE_FILE.fullmatch(path.rsplit("/", 1)[-1])
+    return (int(found[1]), found[2]) if found else None
 
 
 def expire(store: Store, max_age: float) -> list[str]:

@@ -28,7 +28,7 @@ from placeholder_etl.core import pages
 from placeholder_etl.core.client import ApiClient, InFlight, RawPage, ordered_map, pages_for
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import PageTables, page_tables
-from placeholder_etl.core.pages import Done, PageBook
+from placeholder_etl.core.pages import Damage, Done, PageBook
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES
 from placeholder_etl.core.results import (
@@ -56,7 +56,7 @@ __all__ = [
     "count_records",
     "extract_chunk",
     "output_staging",
-    "parts_missing",
+    "parts_damaged",
     "plan_chunks",
     "receive_parts",
     "remove_leftovers",
@@ -276,7 +276,10 @@ def extract_chunk(
 
     Pages already checkpointed (by an earlier attempt, an earlier run, or another worker
     that ran this chunk before it was lost), younger than ``max_age`` seconds, are reused
-    and not fetched again (:mod:`placeholder_etl.core.pages`). The others are fetched
+    and not fetched again (:mod:`placeholder_etl.core.pages`) once their files are checked
+    against their markers: sizes, and on a local disk checksums. A checkpointed page whose
+    files are damaged or missing is fetched again and named in the result's
+    ``pages_damaged``, never trusted and never an error. The others are fetched
     ``in_flight`` at a time; each is checked and rendered in its fetch thread (compiled code
     that releases the GIL, :func:`render_page`) and written as soon as it is checked. Text
     that a spreadsheet would run as a formula is neutralised unless ``keep_formulas``.
@@ -286,7 +289,8 @@ def extract_chunk(
     """
     client = client or ClientSettings(pool_size=in_flight)
     book = PageBook.of(cache, spec, keep_formulas)
-    done = book.done(max_age)
+    done, broken = book.scan(max_age)
+    damaged: dict[int, Damage] = {}
     counts = {"rows": 0, "pages": 0, "reused": 0, "retries": 0}
     first_id = last_id = None
     ordered = True
@@ -296,8 +300,11 @@ def extract_chunk(
 
         def fetch(number: int) -> tuple[Done, int]:
             """In a fetch thread: fetch, check, render and write one page (or reuse it)."""
-            if number in done:
+            damage = book.check(done[number]) if number in done else broken.get(number)
+            if number in done and damage is None:
                 return done[number], -1
+            if damage is not None:
+                damaged[number] = damage
             asked = time.perf_counter()
             raw = api.get_page(spec.resource, number, spec.page_size, spec.paging)
             got, cpu = time.perf_counter(), time.thread_time()
@@ -322,6 +329,7 @@ def extract_chunk(
         spec=spec,
         pages=counts["pages"],
         pages_reused=counts["reused"],
+        pages_damaged=dict(sorted(damaged.items())),
         rows=counts["rows"],
         parts={table: [book.file(n, table) for n in numbers] for table in book.tables},
         first_id=first_id,
@@ -372,9 +380,29 @@ def _chunk_name(spec: ChunkSpec) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def parts_missing(result: ChunkResult, cache: Store) -> bool:
-    """Whether any file of ``result`` is gone (a cached result whose pages were deleted)."""
-    return not all(cache.exists(p) for paths in result.parts.values() for p in paths)
+def parts_damaged(result: ChunkResult, cache: Store) -> bool:
+    """Whether a file of ``result`` is gone or damaged (a cached result whose pages changed).
+
+    Page checkpoints are checked as a chunk checks them before reuse: against their markers,
+    in one listing of their folder (sizes), and on a local disk by their checksums
+    (:meth:`~placeholder_etl.core.pages.PageBook.check`; on an object store the flow reads
+    no rows). Other files (rows shipped from another machine, :func:`receive_parts`) must
+    exist.
+    """
+    folders: dict[str, set[int]] = {}
+    for path in (p for paths in result.parts.values() for p in paths):
+        page = pages.page_number(path)
+        if page is None:
+            if not cache.exists(path):
+                return True
+        else:
+            folders.setdefault(path.rsplit("/", 1)[0], set()).add(page[0])
+    for folder, numbers in folders.items():
+        book = PageBook(cache, folder, TABLES[result.spec.resource])
+        done = book.done()
+        if not numbers <= done.keys() or any(book.check(done[n]) for n in sorted(numbers)):
+            return True
+    return False
 
 
 # --------------------------------------------------------------------------- assemble and check

@@ -68,6 +68,8 @@ class ChunkResult(_Frozen):
         parts: table name -> files holding its rows (no header), in page order: the page
             checkpoints, or one file per table when they were shipped from another machine.
         pages_reused: pages whose checkpoint an earlier attempt or run had made.
+        pages_damaged: pages whose checkpoint was there but ``damaged`` (a file's size or
+            checksum not the one its marker records) or ``missing`` a file: fetched again.
         first_id, last_id: ids of the first and last record (None: no records).
         ordered: ids were strictly increasing through the chunk.
         retries: request retries the chunk needed.
@@ -80,6 +82,7 @@ class ChunkResult(_Frozen):
     spec: ChunkSpec
     pages: int
     pages_reused: int = 0
+    pages_damaged: dict[int, Literal["damaged", "missing"]] = Field(default_factory=dict)
     rows: int
     parts: dict[str, list[str]]
     first_id: int | None
