@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from placeholder_etl.core.results import Manifest, TableInfo
 from placeholder_etl.core.store import Store
 
-__all__ = ["Verified", "verify_output"]
+__all__ = ["verify_output"]
 
 _BLOCK = 1 << 20
 
