@@ -56,6 +56,19 @@ def test_a_failed_run_leaves_every_key_and_etag_as_it_was(s3, bucket) -> None:
     assert objects(s3, bucket) == before
 
 
+def staged_users(staging, data: bytes):
+    """Stage a users table; return what the commit takes."""
+    import hashlib
+
+    from placeholder_etl.core.results import StagedTable
+
+    with staging.open_table("users") as out:
+        out.write(data)
+    path = staging.staged_path("users")
+    digest = hashlib.sha256(data).hexdigest()
+    return {"users": StagedTable(path=path, suffix=".csv", rows=1, bytes=len(data), sha256=digest)}
+
+
 def test_a_failed_commit_removes_what_it_published(s3, bucket, tmp_path) -> None:
     """The manifest goes last: if it cannot be written, the tables it would name go too."""
     from placeholder_etl.core.staging import ObjectStaging
@@ -64,11 +77,26 @@ def test_a_failed_commit_removes_what_it_published(s3, bucket, tmp_path) -> None
     def failing_manifest(stamp: str) -> bytes:
         raise RuntimeError("manifest failed")
 
-    with pytest.raises(RuntimeError, match="manifest failed"):  # noqa: PT012
+    with pytest.raises(RuntimeError, match="manifest failed"):
         with ObjectStaging(Store.open(f"s3://{bucket}/run")) as staging:
-            with staging.open_table("users") as out:
-                out.write(b"ID\n1\n")
-            staging.commit(failing_manifest)
+            staging.commit(staged_users(staging, b"ID\n1\n"), failing_manifest)
+    assert objects(s3, bucket) == {}
+
+
+def test_a_commit_refuses_a_published_table_of_another_size(s3, bucket, monkeypatch) -> None:
+    """One HEAD per published table before the manifest: a copy that came out short (here a
+    store that truncates copies) undoes the commit, and no manifest names it."""
+    from placeholder_etl.core.staging import CommitError, ObjectStaging
+    from placeholder_etl.core.store import Store
+
+    store = Store.open(f"s3://{bucket}/run")
+
+    def short_copy(source: str, dest: str) -> None:
+        store.fs.pipe_file(dest, store.cat(source)[:-2])
+
+    monkeypatch.setattr(store, "copy", short_copy)
+    with pytest.raises(CommitError, match=r"users: .* 3 bytes"), ObjectStaging(store) as staging:
+        staging.commit(staged_users(staging, b"ID\n1\n"), lambda stamp: b"{}")
     assert objects(s3, bucket) == {}
 
 
