@@ -81,10 +81,14 @@ def prefect_api_url() -> Iterator[str]:
             os.environ.pop("PREFECT_API_URL", None)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def s3() -> Iterator:
     """SeaweedFS (``weed mini``) on free loopback ports, its AWS_* variables exported for the
-    module: the flow, Dask workers and CLI subprocesses find the store the standard way."""
+    session: the flow, Dask workers and CLI subprocesses find the store the standard way.
+
+    One server for the session: fsspec keeps one S3 filesystem per set of options, and the
+    endpoint comes from the environment, so a second server on other ports would be
+    reached through the first one's cached filesystem."""
     with weed_server() as server:
         saved = {name: os.environ.get(name) for name in server.env}
         os.environ.update(server.env)
