@@ -287,3 +287,35 @@ def test_the_cache_folder_follows_the_settings_then_the_environment(monkeypatch,
     # an object-store output keeps its pages beside it, where remote workers can write
     assert FetchSettings().cache_url("s3://b/out/") == "s3://b/out/_placeholder_etl/cache"
     assert FetchSettings(cache_dir="~/mine").cache_url("s3://b/out") == "~/mine"
+
+
+def test_the_log_filter_redacts_messages_arguments_and_tracebacks() -> None:
+    """What a handler writes (the terminal, Prefect's API handler) passes the gate: the
+    message, its arguments and the traceback, for handlers there when it is installed."""
+    import io
+    import logging
+
+    from placeholder_etl.core.redact import install_log_redaction
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("placeholder_etl.test_redaction")
+    logger.addHandler(handler)
+    register_url_secrets("http://erin:Tr0ub4dor@h/?api_key=Zk9x")
+    try:
+        install_log_redaction()
+        install_log_redaction()  # idempotent
+        assert handler.filters.count(handler.filters[0]) == 1
+        try:
+            raise ValueError("GET http://erin:Tr0ub4dor@h/users?api_key=Zk9x failed")
+        except ValueError:
+            logger.exception("fetching %s", "http://h/?api_key=Zk9x")
+        logger.warning("the key was %s", "Zk9x")
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "Traceback" in written
+    assert "http://erin:***@h/users?api_key=*** failed" in written
+    assert "Tr0ub4dor" not in written
+    assert "Zk9x" not in written
+    assert "the key was ***" in written
