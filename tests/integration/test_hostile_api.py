@@ -146,23 +146,41 @@ def assert_no_secret_in_files(*folders: Path) -> None:
 def test_a_hostile_api_fails_the_run_quickly_with_one_clear_line_and_no_secret(
     tmp_path, webhook, kind
 ) -> None:
+    check_hostile_run(tmp_path, webhook, kind, "local")
+
+
+@pytest.mark.parametrize("kind", ["body cut short", "an id beyond 64 bits"])
+def test_no_secret_leaves_dask_worker_processes_either(tmp_path, webhook, kind) -> None:
+    """The tasks run in a Dask worker process of their own: it installs the gate too (its
+    logs reach the Prefect API and the terminal from there)."""
+    check_hostile_run(
+        tmp_path, webhook, kind, "dask", "--dask-processes", "--dask-workers", "1", bound=90
+    )
+
+
+def check_hostile_run(
+    tmp_path: Path, webhook, kind: str, runner: str, *options: str, bound: float | None = None
+) -> None:
+    """Run ``kind``'s case on ``runner``; check its bound, last line and every secret."""
     case = CASES[kind]
+    bound = bound or case.bound
     out, cache = tmp_path / "out", tmp_path / "cache"
     with hostile_server("ok") as other, hostile_server(case.mode or "ok", other=other.url) as api:
         root = api.url if case.mode else f"http://127.0.0.1:{closed_port()}"
         started = time.monotonic()
         result = run_etl(
-            *(secret_url(root), out, *FAST, *case.options),
+            *(secret_url(root), out, *FAST, *case.options, *options),
             *("--notify-webhook", webhook.url),
             cache=cache,
-            timeout=case.bound + 30,  # killed (and failed) well past the bound
+            runner=runner,
+            timeout=bound + 30,  # killed (and failed) well past the bound
         )
         took = time.monotonic() - started
     terminal = result.stdout + result.stderr
     assert result.returncode == case.exit_code, terminal[-3000:]
     last = result.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"error: " + case.message + ".*", last), last
-    assert took < case.bound, f"{kind}: {took:.1f} s"
+    assert took < bound, f"{kind}: {took:.1f} s"
     if case.mode:  # the secrets were really sent
         assert api.requests[0]["query"]["api_key"] == KEY
         assert api.requests[0]["auth"] == f"Basic {SECRETS[2]}"
