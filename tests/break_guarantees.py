@@ -157,8 +157,8 @@ MUTATIONS = (
         "Transient faults are retried",
         "a 5xx is classified permanent",
         CLIENT,
-        "            if response.status_code == 429 or response.status_code >= 500:",
-        "            if response.status_code == 429:",
+        "    if response.status_code == 429 or response.status_code >= 500:",
+        "    if response.status_code == 429:",
         (T + "integration/test_flow.py::test_transient_errors_are_retried_by_the_task",),
     ),
     Mutation(
@@ -246,8 +246,8 @@ MUTATIONS = (
         "Bytes that are not UTF-8 fail the run",
         "invalid bytes are replaced",
         CLIENT,
-        "            body=response.content,\n",
-        '            body=response.content.decode("utf-8", "replace").encode(),\n',
+        "            body=body,\n",
+        '            body=body.decode("utf-8", "replace").encode(),\n',
         (T + "integration/test_client.py::test_faults_are_classified_and_named",),
     ),
     Mutation(
@@ -332,11 +332,22 @@ MUTATIONS = (
     Mutation(
         "redact",
         "Secrets stay secret",
-        "passwords in --api-url are not redacted",
+        "the redaction gate lets everything through (URLs, text, registered secrets)",
         "src/placeholder_etl/core/redact.py",
-        "    if parts.password is not None:",
-        "    if False:",
-        (T + "integration/test_hostile.py::test_credentials_in_the_api_url_never_reach_outputs",),
+        "    if not text:\n        return text\n",
+        "    return text\n",
+        (
+            T + "integration/test_hostile.py::test_credentials_in_the_api_url_never_reach_outputs",
+            T + "integration/test_hostile_api.py::"
+            "test_a_hostile_api_fails_the_run_quickly_with_one_clear_line_and_no_secret",
+        ),
+        also=(
+            (
+                "src/placeholder_etl/core/redact.py",
+                '        netloc = f"{user}:{MASK}@{host}" if has_password else f"{MASK}@{host}"\n',
+                "        netloc = netloc\n",
+            ),
+        ),
     ),
     Mutation(
         "cache-expiry",

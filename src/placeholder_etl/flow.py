@@ -28,6 +28,7 @@ from prefect.runtime import flow_run
 from placeholder_etl import __version__
 from placeholder_etl.cluster import check_workers, cluster_threads, make_task_runner
 from placeholder_etl.core import fastpath, pipeline
+from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.names import manifest_name
 from placeholder_etl.core.resources import resolve_resources
 from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, Timings
@@ -42,6 +43,7 @@ from placeholder_etl.core.settings import (
     environment,
 )
 from placeholder_etl.core.store import Store
+from placeholder_etl.core.urls import check_api_url
 from placeholder_etl.notify import notify_failure
 from placeholder_etl.progress import track
 from placeholder_etl.task_runner import ChosenAtStart
@@ -49,6 +51,7 @@ from placeholder_etl.tasks import (
     assemble_tables_task,
     count_records_task,
     extract_chunk_task,
+    guard_secrets,
     publish,
     render_report_task,
     task_options,
@@ -87,10 +90,11 @@ def etl(
     When ``$PLACEHOLDER_ETL_NOTIFY_WEBHOOK`` is set, a run that fails or crashes (after its
     retries) posts a Slack-compatible message there (:mod:`placeholder_etl.notify`).
     """
+    guard_secrets(api_url)  # before anything is logged that could show them
     logger = get_run_logger()
     started, clock = datetime.now(UTC), time.perf_counter()
     logger.info("placeholder-etl %s from %s", __version__, Path(__file__).parent)
-    api_url, names = api_url.rstrip("/"), list(resolve_resources(resources))
+    api_url, names = _api_root(api_url), list(resolve_resources(resources))
     staging = pipeline.output_staging(output_dir)  # a clear error for an unusable URL
     cache = pipeline.cache_store(fetch.cache_url(output_dir))
     max_age = fetch.cache_hours * 3600
@@ -99,11 +103,15 @@ def etl(
     options = task_options(fetch)
     threading.Thread(target=_warm_up, args=(cluster,), daemon=True).start()  # while counting
 
-    totals = count_records_task.with_options(**options)(api_url, names, fetch.client, fetch.paging)
+    count = count_records_task.with_options(**options)
+    # a total above --max-records fails the count, before any page is fetched
+    totals = count(api_url, names, fetch.client, fetch.paging, fetch.max_records)
     counted = time.perf_counter()
     slots = _start_task_runner(cluster, totals)
     per_task = fetch.pages_per_task or pipeline.auto_pages_per_chunk(totals, fetch.page_size, slots)
-    chunks = pipeline.plan_chunks(api_url, totals, fetch.page_size, per_task, fetch.paging)
+    chunks = pipeline.plan_chunks(
+        api_url, totals, fetch.page_size, per_task, fetch.paging, fetch.max_records
+    )
     logger.info(
         "%d pages of up to %d records in %d tasks",
         pipeline.total_pages(totals, fetch.page_size),
@@ -166,6 +174,18 @@ def etl(
     )
     publish(result)
     return render_report_task(result) if output.report else result
+
+
+def _api_root(api_url: str) -> str:
+    """The API root, checked before any work (scheme, host, port).
+
+    Raises:
+        PermanentError: not an http(s) URL with a host (its secrets hidden).
+    """
+    try:
+        return check_api_url(api_url)
+    except ValueError as exc:
+        raise PermanentError(f"api_url: {exc}") from None
 
 
 def _received(

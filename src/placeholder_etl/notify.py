@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import requests
 
+from placeholder_etl.core.redact import redact
 from placeholder_etl.core.settings import environment
 
 __all__ = [
@@ -46,14 +47,14 @@ logger = logging.getLogger("placeholder_etl.notify")
 def failure_text(
     flow: str, run: str, state: str, failed_task: str | None, error: str, ui_url: str | None
 ) -> str:
-    """The message: what failed, where, why, and where to look."""
+    """The message: what failed, where, why, and where to look (secrets hidden)."""
     lines = [f":rotating_light: Flow run `{flow}/{run}` {state.lower()}."]
     if failed_task:
         lines.append(f"Failed task: `{failed_task}`")
     lines.append(f"Error: {error}")
     if ui_url:
         lines.append(f"<{ui_url}|Open the run in Prefect>")
-    return "\n".join(lines)
+    return redact("\n".join(lines))
 
 
 def post_webhook(url: str, text: str, timeout: float = 10.0) -> bool:

@@ -14,6 +14,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -23,8 +24,14 @@ from prefect.tasks import exponential_backoff
 
 from placeholder_etl.core import pipeline
 from placeholder_etl.core.errors import is_transient
+from placeholder_etl.core.redact import (
+    install_log_redaction,
+    redact,
+    register_secret,
+    register_url_secrets,
+)
 from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, StagedTable
-from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging
+from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging, environment
 from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.tables import Format
 
@@ -32,6 +39,7 @@ __all__ = [
     "assemble_tables_task",
     "count_records_task",
     "extract_chunk_task",
+    "guard_secrets",
     "publish",
     "render_report_task",
     "task_options",
@@ -50,6 +58,25 @@ class _ThreadTimeoutNotice(logging.Filter):
 
 
 logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
+
+
+def guard_secrets(api_url: str) -> None:
+    """As a run (or a task, in a Dask worker process) starts: register its secrets — those
+    of the API URL, the webhook URL — and put the redaction filter on every log handler, so
+    no log line, in the terminal or in Prefect, shows them."""
+    register_url_secrets(api_url)
+    webhook = environment().notify_webhook
+    if webhook is not None and webhook.get_secret_value():
+        url = webhook.get_secret_value()
+        register_secret(url)
+        register_url_secrets(url)
+        if len(path := urlsplit(url).path) >= 8:
+            register_secret(path)
+    install_log_redaction()
+    if console := environment().console:  # a run from the command line: its verbosity
+        from placeholder_etl.terminal import shape_console
+
+        shape_console(console)
 
 
 def retry_if_transient(task: Any, task_run: Any, state: Any) -> bool:
@@ -79,12 +106,20 @@ def task_options(fetch: FetchSettings) -> dict[str, Any]:
     timeout_seconds=600,
 )
 def count_records_task(
-    api_url: str, resources: list[str], client: ClientSettings, paging: Paging
+    api_url: str,
+    resources: list[str],
+    client: ClientSettings,
+    paging: Paging,
+    max_records: int | None = None,
 ) -> dict[str, int | None]:
-    """How many records each resource has (None when the server does not say)."""
+    """How many records each resource has (None when the server does not say); a total
+    above ``max_records`` fails the task (:func:`~placeholder_etl.core.pipeline.check_plan`)."""
+    guard_secrets(api_url)
     totals = pipeline.count_records(api_url, resources, client, paging)
     for resource, total in totals.items():
         get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
+    if max_records is not None:
+        pipeline.check_plan(totals, max_records)
     return totals
 
 
@@ -111,6 +146,7 @@ def extract_chunk_task(
     On a worker on another machine than the flow, with a local cache, the rows travel back
     compressed in the result (:func:`placeholder_etl.core.pipeline.ship_parts`).
     """
+    guard_secrets(spec.api_url)
     started = time.perf_counter()
     cache = pipeline.cache_store(cache_url)
     result = pipeline.extract_chunk(spec, cache, client, in_flight, keep_formulas, max_age)
@@ -118,6 +154,8 @@ def extract_chunk_task(
         get_run_logger().warning(
             "%s page %d: cached copy %s, fetching again", spec.resource, number, damage
         )
+    if result.note:
+        get_run_logger().warning("%s", result.note)
     get_run_logger().info(
         "%s: %d rows from %d pages (%d reused) in %.2f s (%d retries) on %s",
         spec.label,
@@ -188,27 +226,29 @@ def publish(result: RunResult) -> None:
     create_table_artifact(
         key="placeholder-etl-tables",
         table=rows,
-        description=f"Tables written from {manifest.source}",
+        description=redact(f"Tables written from {manifest.source}"),
     )
     lines = [f"| `{r['table']}` | `{r['file']}` | {r['rows']:,} |" for r in rows]
     timings = ", ".join(f"{k} {v:.2f} s" for k, v in manifest.timings.model_dump().items())
     create_markdown_artifact(
         key="placeholder-etl-summary",
-        markdown="\n".join(
-            [
-                f"# placeholder-etl run `{manifest.created}`",
-                (
-                    f"Source: {manifest.source}; {manifest.pages} pages in "
-                    f"{manifest.chunks} tasks ({manifest.cached_chunks} from cache), "
-                    f"{manifest.retries} retries."
-                ),
-                "",
-                "| table | file | rows |",
-                "| --- | --- | ---: |",
-                *lines,
-                "",
-                f"Timings: {timings}. Manifest: `{result.manifest_file}`.",
-            ]
+        markdown=redact(
+            "\n".join(
+                [
+                    f"# placeholder-etl run `{manifest.created}`",
+                    (
+                        f"Source: {manifest.source}; {manifest.pages} pages in "
+                        f"{manifest.chunks} tasks ({manifest.cached_chunks} from cache), "
+                        f"{manifest.retries} retries."
+                    ),
+                    "",
+                    "| table | file | rows |",
+                    "| --- | --- | ---: |",
+                    *lines,
+                    "",
+                    f"Timings: {timings}. Manifest: `{result.manifest_file}`.",
+                ]
+            )
         ),
     )
     get_run_logger().info("wrote %s", ", ".join(f"{r['file']} ({r['rows']} rows)" for r in rows))

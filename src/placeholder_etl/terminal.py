@@ -3,13 +3,18 @@
 What a person sees: a progress bar (pages, rows, rate, ETA; plain lines when the output is
 not a terminal), warnings, then the tables written, where they are and the run in the
 Prefect UI — or one line that says what went wrong and where. ``verbose`` shows every log
-line of the flow and its tasks; ``quiet`` only errors and where the output is.
+line of the flow and its tasks, with tracebacks; ``normal`` warnings and errors without
+tracebacks; ``quiet`` only the final error line, or where the output is. Every line passes
+the redaction gate (:mod:`placeholder_etl.core.redact`).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from typing import Literal
@@ -25,10 +30,11 @@ from rich.progress import (
 from rich.table import Table
 
 from placeholder_etl.core.errors import EtlError
+from placeholder_etl.core.redact import install_log_redaction, redact, register_url_secrets
 from placeholder_etl.core.results import RunResult
 from placeholder_etl.core.settings import RunSettings
 
-__all__ = ["run_etl"]
+__all__ = ["run_etl", "shape_console"]
 
 
 Verbosity = Literal["quiet", "normal", "verbose"]
@@ -51,7 +57,10 @@ def run_etl(
         but the report failed.
     """
     if verbosity != "verbose":  # read when Prefect sets up logging, in workers too
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        level = "CRITICAL" if verbosity == "quiet" else "WARNING"
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
+    os.environ["PLACEHOLDER_ETL_CONSOLE"] = verbosity  # Dask worker processes read it
+    register_url_secrets(settings.api_url)
     console = Console(highlight=False, soft_wrap=True, quiet=verbosity == "quiet")
     with ExitStack() as stack:
         if bundled_users is not None:
@@ -66,6 +75,7 @@ def run_etl(
         from placeholder_etl.prefect_api import drain, prefect_api
 
         server_running = bool(get_current_settings().api.url)  # else an ephemeral one, no UI
+        _configure_logging(verbosity)
         try:
             with prefect_api(), _no_heartbeat_unless_asked():
                 try:
@@ -106,11 +116,66 @@ def _no_heartbeat_unless_asked() -> Iterator[None]:
 
 
 def _one_line(exc: BaseException) -> str:
-    """The error on one line; pipeline errors already say what and where."""
-    text = " ".join(str(exc).split())
+    """The error on one line, secrets hidden; pipeline errors already say what and where."""
+    text = redact(" ".join(str(exc).split()))
     if isinstance(exc, EtlError | ValueError) and text:
         return text
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _configure_logging(verbosity: Verbosity) -> None:
+    """Set up Prefect's logging now (it would at the run's start) and shape the console."""
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    shape_console(verbosity)
+
+
+def shape_console(verbosity: Verbosity | None) -> None:
+    """Every log handler redacts; the terminal's show no tracebacks (``normal``) or nothing
+    at all (``quiet``). Idempotent: the flow's process and each Dask worker process call it
+    (a worker with ``$PLACEHOLDER_ETL_CONSOLE``, which the command line sets)."""
+    install_log_redaction()
+    if verbosity in (None, "verbose"):
+        return
+    if verbosity == "quiet":
+        warnings.filterwarnings("ignore")
+    for handler in _console_handlers():
+        if verbosity == "quiet":
+            handler.setLevel(logging.CRITICAL + 1)
+        elif not isinstance(handler.formatter, _NoTraceback):
+            handler.setFormatter(_NoTraceback(handler.formatter))
+
+
+def _console_handlers() -> list[logging.Handler]:
+    """Every logging handler that writes to the terminal (stderr or stdout)."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    handlers = [h for lg in loggers if isinstance(lg, logging.Logger) for h in lg.handlers]
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    streams = (sys.stderr, sys.stdout, sys.__stderr__, sys.__stdout__)
+    found: list[logging.Handler] = []
+    for handler in handlers:
+        if getattr(handler, "stream", None) in streams and handler not in found:
+            found.append(handler)
+    return found
+
+
+class _NoTraceback(logging.Formatter):
+    """A console formatter that leaves tracebacks out (``--verbose`` shows them).
+
+    Formats a copy of the record: other handlers (Prefect's API) still get the traceback.
+    """
+
+    def __init__(self, inner: logging.Formatter | None) -> None:
+        super().__init__()
+        self.inner = inner or logging.Formatter()
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            record = copy.copy(record)
+            record.exc_info = record.exc_text = record.stack_info = None
+        return self.inner.format(record).split("\nTraceback (most recent call last)", 1)[0]
 
 
 @contextmanager

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import pytest
 import requests
 
 from placeholder_api.server import make_server
-from placeholder_etl.core.client import ApiClient, ordered_map
+from placeholder_etl.core.client import MAX_REDIRECTS, ApiClient, ordered_map
 from placeholder_etl.core.errors import ContractError, PermanentError, TransientError
 from placeholder_etl.core.settings import ClientSettings
 from tests.helpers import gaps_by_url
+from tests.hostile import hostile_server
 
 FAST = ClientSettings(timeout=2, retries=3, backoff=0.01)
 
@@ -196,3 +198,116 @@ def test_ordered_map_stops_early_when_the_consumer_does() -> None:
         if value == 5:
             break
     assert len(seen) < 20
+
+
+# --------------------------------------------------------------------------- hostile servers
+# Servers of our own that misbehave at the HTTP level (tests/hostile.py); every case ends
+# within the bound it states.
+
+SHORT = ClientSettings(timeout=0.5, retries=1, backoff=0.01)
+
+
+@pytest.mark.parametrize("mode", ["drip-body", "drip-headers"])
+def test_a_dripping_server_is_cut_at_the_whole_request_deadline(mode) -> None:
+    """One byte every 0.2 s keeps urllib3's per-read timeout happy forever; the deadline
+    covers connect, headers and body together: 2 attempts x 0.5 s, within 2 s."""
+    with hostile_server(mode, drip=0.2) as server, ApiClient(server.url, SHORT) as client:
+        started = time.monotonic()
+        with pytest.raises(TransientError, match=r"no answer within 0.5 s \(tried 2 times\)"):
+            client.fetch_page("users", 1, 10)
+        took = time.monotonic() - started
+        assert len(server.requests) == 2
+    assert 1.0 <= took < 2.0, took
+
+
+def test_a_body_cut_short_is_retried_per_request_then_named() -> None:
+    settings = ClientSettings(timeout=2, retries=2, backoff=0.01)
+    with hostile_server("cut-body") as server, ApiClient(server.url, settings) as client:
+        with pytest.raises(TransientError) as caught:
+            client.fetch_page("users", 1, 10)
+        assert len(server.requests) == 3  # retried like a connection error: 1 + 2
+    assert re.fullmatch(
+        r"users page 1 from http://127.0.0.1:\d+/users\?_page=1&_limit=10: the response broke "
+        r"off after \d+ bytes, \d+ bytes short of its Content-Length \(tried 3 times\)",
+        str(caught.value),
+    )
+
+
+def test_retries_share_one_budget_per_request() -> None:
+    """A 503 then a cut body then an answer: 2 retries, and never more than the budget."""
+    with make_server(users=5, fault="5xx:1") as server, ApiClient(server.url, FAST) as client:
+        assert client.get_page("users", 1, 10).retries == 1
+    with hostile_server("cut-body") as server, ApiClient(server.url, FAST) as client:
+        with pytest.raises(TransientError, match=r"\(tried 4 times\)"):
+            client.get_page("users", 1, 10)
+        assert len(server.requests) == 4
+
+
+def test_redirects_are_followed_only_within_the_api() -> None:
+    with hostile_server("redirect-same") as server, ApiClient(server.url, SHORT) as client:
+        page = client.fetch_page("users", 2, 10)
+        assert [r["id"] for r in page.records] == list(range(11, 21))
+        assert [r["path"] for r in server.requests] == ["/users", "/v2/users"]
+        assert page.retries == 0
+    with hostile_server("ok") as other, hostile_server("redirect-host", other=other.url) as server:
+        with ApiClient(server.url, SHORT) as client, pytest.raises(PermanentError) as caught:
+            client.fetch_page("users", 1, 10)
+        assert other.requests == []
+    assert f"redirects to {other.url}/users?_page=1&_limit=10, outside the API ({server.url})" in (
+        str(caught.value)
+    )
+    with hostile_server("redirect-loop") as server, ApiClient(server.url, SHORT) as client:
+        with pytest.raises(PermanentError, match=r"more than 5 redirects \(a redirect loop\?\)"):
+            client.fetch_page("users", 1, 10)
+        assert len(server.requests) == 1 + MAX_REDIRECTS
+    with hostile_server("redirect-file") as server, ApiClient(server.url, SHORT) as client:
+        with pytest.raises(PermanentError, match=r"redirects to file:///etc/passwd, outside"):
+            client.fetch_page("users", 1, 10)
+        assert len(server.requests) == 1
+
+
+def test_the_api_urls_path_and_query_are_kept_on_every_request() -> None:
+    with hostile_server("ok", users=25) as server:
+        with ApiClient(server.url + "/?api_key=K1&x=a%20b", SHORT) as client:
+            assert client.count("users", 10) == 25
+            page = client.fetch_page("users", 3, 10, "start")
+        assert page.url == f"{server.url}/users?api_key=***&x=a+b&_start=20&_limit=10"
+        queries = [r["query"] for r in server.requests]
+    assert queries == [
+        {"api_key": "K1", "x": "a b", "_page": "1", "_limit": "1"},
+        {"api_key": "K1", "x": "a b", "_start": "20", "_limit": "10"},
+    ]
+    with ApiClient("https://api.example/v1/?token=T") as client:
+        assert client.page_url("users", 2, 5) == (
+            "https://api.example/v1/users?token=T&_page=2&_limit=5"
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("localhost:3000", "is not a URL: give its scheme, e.g. http://localhost:3000"),
+        ("ftp://h/x", "the API must be an http:// or https:// URL"),
+        ("http://bob:pw1234@h:99999", "http://bob:***@h:99999 is not a valid URL (Port out of"),
+        ("http:///users", "the URL names no host"),
+    ],
+)
+def test_an_unusable_api_url_is_a_permanent_error_before_any_request(url, message) -> None:
+    with pytest.raises(PermanentError, match=re.escape(message)) as caught:
+        ApiClient(url)
+    assert "pw1234" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("mode", "error", "message"),
+    [
+        ("big-id", ContractError, "record id=9223372036854775808 field id: a number outside 64"),
+        ("bad-gzip", PermanentError, "the response's Content-Encoding (gzip) does not decode"),
+        ("html", PermanentError, "response is an HTML page, not JSON"),
+    ],
+)
+def test_hostile_bodies_are_permanent_and_named(mode, error, message) -> None:
+    with hostile_server(mode) as server, ApiClient(server.url, SHORT) as client:
+        with pytest.raises(error, match=re.escape(message)):
+            client.fetch_page("users", 1, 10)
+        assert len(server.requests) == 1  # not retried

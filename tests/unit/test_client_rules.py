@@ -19,7 +19,7 @@ from placeholder_etl.core.errors import (
     TransientError,
     is_transient,
 )
-from placeholder_etl.core.redact import redact_url
+from placeholder_etl.core.redact import redact, redact_url, register_url_secrets
 from placeholder_etl.core.rows import flat_rows
 from placeholder_etl.core.settings import ClientSettings, FetchSettings, default_cache_dir
 from placeholder_etl.core.store import Store
@@ -188,7 +188,7 @@ def test_errors_say_whether_retrying_may_help() -> None:
     [
         ("https://bob:hunter2@h/x?_page=1", "https://bob:***@h/x?_page=1"),
         ("https://:hunter2@h/x", "https://:***@h/x"),
-        ("https://bob@h/x", "https://bob@h/x"),
+        ("https://ghp_token123@h/x", "https://***@h/x"),  # a lone user name may be a token
         (
             "http://h/x?Api-Key=1&Token=2&auth=3&password=4&sig=5&q=7",
             "http://h/x?Api-Key=***&Token=***&auth=***&password=***&sig=***&q=7",
@@ -199,6 +199,38 @@ def test_errors_say_whether_retrying_may_help() -> None:
 )
 def test_redaction_hides_passwords_and_secret_values_only(url, shown) -> None:
     assert redact_url(url) == shown
+    assert redact(f"error: GET {url} failed") == f"error: GET {shown} failed"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        (
+            "Failed to parse: http://alice:s3cretPW@127.0.0.1:99999/users?_page=1",
+            "Failed to parse: http://alice:***@127.0.0.1:99999/users?_page=1",
+        ),
+        ("No adapters for 'htp://alice:s3cretPW@h/x'", "No adapters for 'htp://alice:***@h/x'"),
+        (
+            "Retrying after connection broken: /users?api_key=K123&_page=2",
+            "Retrying after connection broken: /users?api_key=***&_page=2",
+        ),
+        ("headers {'Authorization': 'Bearer abc.def'}", "headers {'Authorization': '***'}"),
+        ("Authorization: Basic YWxpY2U6cHc=", "Authorization: ***"),
+        ("X-Api-Key: k-123", "X-Api-Key: ***"),
+        ("users page 3: record id=7 field email: missing", None),  # nothing to hide
+        ("contact Sincere@april.biz", None),  # an e-mail address is no userinfo
+    ],
+)
+def test_the_redaction_gate_hides_secrets_in_any_text(text, shown) -> None:
+    assert redact(text) == (text if shown is None else shown)
+
+
+def test_registered_secrets_are_hidden_in_every_form() -> None:
+    register_url_secrets("http://carol:pa%2Fss%40word@h/?api_key=Kx9%3Dq&_page=1")
+    for text in ("pa/ss@word", "pa%2Fss%40word", "Kx9=q", "Kx9%3Dq"):
+        assert redact(f"<{text}>") == "<***>", text
+    register_url_secrets("http://dave:pw@h/")  # too short to hide anywhere else
+    assert redact("pw") == "pw"
 
 
 @pytest.mark.parametrize(
@@ -255,3 +287,35 @@ def test_the_cache_folder_follows_the_settings_then_the_environment(monkeypatch,
     # an object-store output keeps its pages beside it, where remote workers can write
     assert FetchSettings().cache_url("s3://b/out/") == "s3://b/out/_placeholder_etl/cache"
     assert FetchSettings(cache_dir="~/mine").cache_url("s3://b/out") == "~/mine"
+
+
+def test_the_log_filter_redacts_messages_arguments_and_tracebacks() -> None:
+    """What a handler writes (the terminal, Prefect's API handler) passes the gate: the
+    message, its arguments and the traceback, for handlers there when it is installed."""
+    import io
+    import logging
+
+    from placeholder_etl.core.redact import install_log_redaction
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("placeholder_etl.test_redaction")
+    logger.addHandler(handler)
+    register_url_secrets("http://erin:Tr0ub4dor@h/?api_key=Zk9x")
+    try:
+        install_log_redaction()
+        install_log_redaction()  # idempotent
+        assert handler.filters.count(handler.filters[0]) == 1
+        try:
+            raise ValueError("GET http://erin:Tr0ub4dor@h/users?api_key=Zk9x failed")
+        except ValueError:
+            logger.exception("fetching %s", "http://h/?api_key=Zk9x")
+        logger.warning("the key was %s", "Zk9x")
+    finally:
+        logger.removeHandler(handler)
+    written = stream.getvalue()
+    assert "Traceback" in written
+    assert "http://erin:***@h/users?api_key=*** failed" in written
+    assert "Tr0ub4dor" not in written
+    assert "Zk9x" not in written
+    assert "the key was ***" in written

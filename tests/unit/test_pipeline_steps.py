@@ -134,6 +134,24 @@ def test_plan_refuses_empty_pages_or_chunks(size, per) -> None:
         pipeline.plan_chunks(URL, {"users": 5}, size, per)
 
 
+def test_a_plan_beyond_max_records_is_refused_naming_the_resource() -> None:
+    pipeline.check_plan({"users": 10, "posts": None, "todos": 10_000_000}, 10_000_000)
+    with pytest.raises(
+        PermanentError,
+        match=r"^posts: the API reports 10,000,001 records \(X-Total-Count\), more than "
+        r"--max-records 10,000,000; nothing was fetched",
+    ):
+        pipeline.check_plan({"users": 10, "posts": 10_000_001}, 10_000_000)
+
+
+def test_only_an_open_ended_chunk_is_bounded_by_max_records() -> None:
+    known, unknown = pipeline.plan_chunks(URL, {"users": 25, "posts": None}, 10, 5, max_records=95)
+    assert (known.last_page, known.max_pages) == (3, None)
+    assert (unknown.last_page, unknown.max_pages) == (None, 10)  # 95 records: 10 pages
+    (unbounded,) = pipeline.plan_chunks(URL, {"posts": None}, 10, 5)
+    assert unbounded.max_pages is None
+
+
 def test_pages_and_pages_per_task() -> None:
     totals = {"users": 25, "posts": 250, "todos": None}
     assert pipeline.total_pages(totals, 10) == 3 + 25

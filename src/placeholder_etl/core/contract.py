@@ -1,15 +1,16 @@
 """The data contract: the documented shape of every JSONPlaceholder record.
 
 Records are validated with pydantic in strict mode (no coercion: an ``id`` of ``"3"`` is a
-breach, not a 3). Unknown extra fields are allowed and dropped, so the output tables keep
-stable columns when the API adds a field.
+breach, not a 3). Integers must fit in 64 bits (the tables' int64 columns). Unknown extra
+fields are allowed and dropped, so the output tables keep stable columns when the API adds
+a field.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_config
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from placeholder_etl.core.errors import ContractError
@@ -17,6 +18,9 @@ from placeholder_etl.core.errors import ContractError
 __all__ = ["check_records"]
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
+_INT64 = (-(2**63), 2**63 - 1)
+#: An id or a reference: an integer the tables' int64 columns can hold.
+Int64 = Annotated[int, Field(ge=_INT64[0], le=_INT64[1])]
 
 
 @with_config(_STRICT)
@@ -43,7 +47,7 @@ class Company(TypedDict):
 
 @with_config(_STRICT)
 class User(TypedDict):
-    id: int
+    id: Int64
     name: str
     username: str
     email: str
@@ -55,16 +59,16 @@ class User(TypedDict):
 
 @with_config(_STRICT)
 class Post(TypedDict):
-    userId: int
-    id: int
+    userId: Int64
+    id: Int64
     title: str
     body: str
 
 
 @with_config(_STRICT)
 class Comment(TypedDict):
-    postId: int
-    id: int
+    postId: Int64
+    id: Int64
     name: str
     email: str
     body: str
@@ -72,15 +76,15 @@ class Comment(TypedDict):
 
 @with_config(_STRICT)
 class Album(TypedDict):
-    userId: int
-    id: int
+    userId: Int64
+    id: Int64
     title: str
 
 
 @with_config(_STRICT)
 class Photo(TypedDict):
-    albumId: int
-    id: int
+    albumId: Int64
+    id: Int64
     title: str
     url: str
     thumbnailUrl: str
@@ -88,8 +92,8 @@ class Photo(TypedDict):
 
 @with_config(_STRICT)
 class Todo(TypedDict):
-    userId: int
-    id: int
+    userId: Int64
+    id: Int64
     title: str
     completed: bool
 
@@ -134,8 +138,19 @@ def _describe(resource: str, records: list[Any], exc: ValidationError, where: st
     record = records[index] if isinstance(index, int) and index < len(records) else None
     rid = record.get("id", "?") if isinstance(record, dict) else "?"
     name = ".".join(str(part) for part in field) or "(record)"
+    value = error.get("input")
     if error["type"] == "missing":
         problem = "missing"
+    elif _outside_64_bits(error["type"], value):
+        problem = f"a number outside 64 bits, got {value!r}"[:200]
     else:
         problem = f"{error['msg'].lower()}, got {error['input']!r}"[:200]
     return f"{where or resource}: record id={rid!r} field {name}: {problem}"
+
+
+def _outside_64_bits(kind: str, value: Any) -> bool:
+    """An integer beyond int64 (orjson reads one beyond 64 bits as a float, which then is
+    at least 2**63 in magnitude: a float that size never comes from a JSON int in range)."""
+    if kind in ("less_than_equal", "greater_than_equal") and isinstance(value, int):
+        return True
+    return isinstance(value, float) and value.is_integer() and abs(value) >= 2**63

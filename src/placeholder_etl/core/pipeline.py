@@ -51,6 +51,7 @@ __all__ = [
     "auto_pages_per_chunk",
     "build_manifest",
     "cache_store",
+    "check_plan",
     "check_totals",
     "commit",
     "count_records",
@@ -136,6 +137,21 @@ def count_records(
         return dict(zip(resources, counts, strict=True))
 
 
+def check_plan(totals: Totals, max_records: int) -> None:
+    """Refuse a plan beyond ``max_records`` records per resource, before any page is fetched.
+
+    Raises:
+        PermanentError: naming the resource, its ``X-Total-Count`` and the limit.
+    """
+    for resource, total in totals.items():
+        if total is not None and total > max_records:
+            raise PermanentError(
+                f"{resource}: the API reports {total:,} records (X-Total-Count), more than "
+                f"--max-records {max_records:,}; nothing was fetched (raise --max-records to "
+                "fetch them all)"
+            )
+
+
 def total_pages(totals: Totals, page_size: int) -> int:
     """Pages needed for every resource whose total is known."""
     return sum(pages_for(t or 0, page_size) for t in totals.values())
@@ -152,6 +168,7 @@ def plan_chunks(
     page_size: int,
     pages_per_chunk: int,
     paging: Paging = "page",
+    max_records: int | None = None,
 ) -> list[ChunkSpec]:
     """Split every resource's pages into chunks of ``pages_per_chunk`` pages.
 
@@ -161,6 +178,8 @@ def plan_chunks(
         page_size: records per page.
         pages_per_chunk: pages fetched by one task.
         paging: ``page`` (``_page``/``_limit``) or ``start`` (``_start``/``_limit``).
+        max_records: most records of one resource (:func:`check_plan`); an open-ended
+            chunk fetches at most that many records' pages.
     """
     if page_size < 1 or pages_per_chunk < 1:
         raise ValueError("page_size and pages_per_chunk must be at least 1")
@@ -183,6 +202,9 @@ def plan_chunks(
                 page_size=page_size,
                 paging=paging,
                 total=total,
+                max_pages=(
+                    pages_for(max_records, page_size) if last is None and max_records else None
+                ),
             )
             for first, last in ranges
         ]
@@ -260,8 +282,48 @@ def long_lived_objects_frozen() -> Iterator[None]:
 
 def _page_numbers(spec: ChunkSpec) -> Iterator[int]:
     if spec.last_page is None:
+        if spec.max_pages is not None:  # --max-records: the pages after it are not asked for
+            return iter(range(spec.first_page, spec.first_page + spec.max_pages + 1))
         return itertools.count(spec.first_page)
     return iter(range(spec.first_page, spec.last_page + 1))
+
+
+def _ends_paging(spec: ChunkSpec, page: Done, previous: Done | None, api: ApiClient) -> str | None:
+    """Why the pages of an open-ended chunk end before ``page`` (it repeats the page before
+    it), else None; an error when paging cannot go on.
+
+    Raises:
+        PermanentError: a page is empty before the API's total; a page repeats the one
+            before it while a total is known; more pages than ``--max-records`` allows.
+    """
+    where = api.where(spec.resource, page.number, spec.page_size, spec.paging)
+    if spec.last_page is not None and page.rows == 0:
+        raise PermanentError(
+            f"{where}: the page is empty, but the API reported {spec.total:,} records "
+            f"(X-Total-Count), so pages up to {pages_for(spec.total or 0, spec.page_size)} "
+            "should hold records"
+        )
+    if (
+        previous is not None
+        and page.rows
+        and page.number == previous.number + 1
+        and (page.rows, page.first_id, page.last_id)
+        == (previous.rows, previous.first_id, previous.last_id)
+    ):
+        ignored = "_page" if spec.paging == "page" else "_start"
+        repeat = (
+            f"{where}: the same {page.rows} records as page {previous.number} (ids "
+            f"{page.first_id} to {page.last_id}): the API ignores {ignored}"
+        )
+        if spec.last_page is not None:
+            raise PermanentError(repeat)
+        return f"{repeat}; paging stopped there"
+    if spec.max_pages is not None and page.number >= spec.first_page + spec.max_pages and page.rows:
+        raise PermanentError(
+            f"{where}: more than {spec.max_pages * spec.page_size:,} records (--max-records) "
+            "and no X-Total-Count to tell how many; stopped"
+        )
+    return None
 
 
 def extract_chunk(
@@ -292,6 +354,7 @@ def extract_chunk(
     done, broken = book.scan(max_age)
     damaged: dict[int, Damage] = {}
     counts = {"rows": 0, "pages": 0, "reused": 0, "retries": 0}
+    note = None
     first_id = last_id = None
     ordered = True
     numbers: list[int] = []
@@ -313,7 +376,12 @@ def extract_chunk(
             window.record(got - asked, time.thread_time() - cpu)
             return page, raw.retries
 
+        previous: Done | None = None
         for page, retries in ordered_map(fetch, _page_numbers(spec), window):
+            note = _ends_paging(spec, page, previous, api)
+            if note:
+                break
+            previous = page
             numbers.append(page.number)
             counts["pages"] += 1
             counts["reused" if retries < 0 else "retries"] += 1 if retries < 0 else retries
@@ -337,6 +405,7 @@ def extract_chunk(
         ordered=ordered,
         retries=counts["retries"],
         worker=worker_name(),
+        note=note,
     )
 
 

@@ -43,7 +43,8 @@ class ChunkSpec(_Frozen):
     """A run of consecutive pages of one resource, fetched by one task.
 
     ``total`` is the resource's ``X-Total-Count`` when the run was planned; ``last_page`` is
-    None when the server sent none: then pages are fetched until one comes back short.
+    None when the server sent none: then pages are fetched until one comes back short or
+    repeats the one before, at most ``max_pages`` (``--max-records``) of them.
     """
 
     api_url: str
@@ -53,6 +54,7 @@ class ChunkSpec(_Frozen):
     page_size: int = Field(ge=1)
     paging: Paging = "page"
     total: int | None = Field(default=None, ge=0)
+    max_pages: int | None = Field(default=None, ge=1)
 
     @property
     def label(self) -> str:
@@ -77,6 +79,8 @@ class ChunkResult(_Frozen):
         flow_run_id: the flow run that fetched it (another run's id: served from cache).
         packed: the part files, compressed, when the worker is on another machine than the
             flow (see :func:`placeholder_etl.core.pipeline.ship_parts`).
+        note: what the run's log should say about the chunk (paging stopped at a repeated
+            page).
     """
 
     spec: ChunkSpec
@@ -92,6 +96,7 @@ class ChunkResult(_Frozen):
     worker: str
     flow_run_id: str | None = None
     packed: dict[str, bytes] | None = None
+    note: str | None = None
 
 
 class TableInfo(_Frozen):

@@ -25,6 +25,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from placeholder_etl.core.resources import resolve_resources
+from placeholder_etl.core.urls import check_api_url
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -45,6 +46,8 @@ __all__ = [
 DEFAULT_API_URL = "https://jsonplaceholder.typicode.com"
 DEFAULT_OUTPUT_DIR = "output"
 DEFAULT_RESOURCES = "users"
+#: The most records of one resource a run fetches unless told otherwise (--max-records).
+DEFAULT_MAX_RECORDS = 10_000_000
 
 Paging = Literal["page", "start"]
 Runner = Literal["dask", "local"]
@@ -59,6 +62,9 @@ def _resource_names(value: str | list[str]) -> str | list[str]:
 
 #: ``users``, a comma list such as ``users,posts``, a list, or ``all``; checked on validation.
 ResourceNames = Annotated[str | list[str], AfterValidator(_resource_names)]
+
+#: An http(s) URL with a host, checked before any work (its secrets hidden in the error).
+ApiUrl = Annotated[str, AfterValidator(check_api_url)]
 
 
 class _Group(BaseModel):
@@ -97,7 +103,12 @@ class FetchSettings(_Group):
         description="Most requests in flight per task (a real API's limit); fewer while pages "
         "are CPU-bound, so they do not contend for the cores.",
     )
-    request_timeout: float = Field(10.0, gt=0, le=3600, description="Seconds per request.")
+    request_timeout: float = Field(
+        10.0,
+        gt=0,
+        le=3600,
+        description="Seconds per request: connecting, the headers and the whole body.",
+    )
     request_retries: int = Field(3, ge=0, le=20, description="Retries per request.")
     task_retries: int = Field(2, ge=0, le=20, description="Prefect retries per task.")
     retry_delay: float = Field(
@@ -115,6 +126,14 @@ class FetchSettings(_Group):
         "object-store output, its _placeholder_etl/cache).",
     )
     cache_hours: float = Field(1.0, ge=0, le=24 * 365, description="Page cache lifetime.")
+    max_records: int = Field(
+        DEFAULT_MAX_RECORDS,
+        ge=1,
+        le=10**12,
+        description="Most records of one resource a run fetches: a larger X-Total-Count is "
+        "refused before any page is fetched, and paging without a total stops with an error "
+        "past it.",
+    )
 
     @property
     def client(self) -> ClientSettings:
@@ -201,7 +220,11 @@ class ClusterSettings(_Group):
 class RunSettings(_Group):
     """A whole run: the flow's parameters as one model (the CLI and notebooks build this)."""
 
-    api_url: str = Field(DEFAULT_API_URL, description="Root of a json-server-style API.")
+    api_url: ApiUrl = Field(
+        DEFAULT_API_URL,
+        description="Root of a json-server-style API (http or https; a query such as "
+        "?api_key=K is kept on every request).",
+    )
     output_dir: str = Field(
         DEFAULT_OUTPUT_DIR,
         description="Where the tables and manifest go: a folder or an fsspec URL "
@@ -246,6 +269,11 @@ class Environment(BaseSettings):
     notebooks: str | None = Field(None, description="Folder holding the report notebook.")
     ship_parts: bool = Field(
         False, description="Ship part files as if every Dask worker were on another machine."
+    )
+    console: Literal["quiet", "normal", "verbose"] | None = Field(
+        None,
+        description="What the command line shows (set by it for the Dask worker processes "
+        "it starts: no tracebacks unless verbose).",
     )
     dask_address: str | None = Field(
         None,
