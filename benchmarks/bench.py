@@ -560,6 +560,20 @@ def csv_rows(path: Path) -> int:
         return sum(1 for _ in csv.reader(handle)) - 1
 
 
+def verify_problems(output: str | Path, manifest: str | None = None) -> list[str]:
+    """What ``placeholder-etl verify`` finds wrong with a run's output: one line per table
+    that is not as its manifest records (presence, size, sha256, rows), or why the manifest
+    cannot be read. Empty: the output verifies. Reads every table once (untimed).
+    """
+    from placeholder_etl.core.verify import verify_output
+
+    try:
+        verified = verify_output(str(output), manifest)
+    except Exception as exc:  # noqa: BLE001 - no manifest, or not one this version reads
+        return [f"does not verify: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"]
+    return [f"does not verify: {problem}" for problem in verified.problems]
+
+
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()
@@ -649,6 +663,8 @@ def run_one(
         digest = sha256(path)
     if rows is not None and rows != users:
         problems.append(f"{rows} data rows, expected {users}")
+    if kind == "flow" and measured.returncode == 0:  # after the timed run
+        problems += verify_problems(out / "o")
     if kind == "flow" and (cached := flow_manifest(out / "o").get("cached_chunks", 0)):
         problems.append(f"{cached} chunk(s) came from a cache: not a cold run")
     run = Run(
@@ -872,6 +888,8 @@ def fixed_costs(ctx: Context, runs: int) -> list[FixedCost]:
         found = users_csv(out / "o")
         if found is None or csv_rows(found) != 10:
             raise RuntimeError("placeholder-etl run --api-url bundled: no 10-row users CSV")
+        if problems := verify_problems(out / "o"):
+            raise RuntimeError(f"placeholder-etl run --api-url bundled: {'; '.join(problems)}")
         walls.append(measured.wall_s)
         peaks.append(measured.peak_mib)
         phases.append(flow_phases(measured, out / "o"))
