@@ -1238,24 +1238,37 @@ def machine() -> dict[str, str]:
 
 
 def flow_source() -> str:
-    """Where the flow under test comes from: its checkout and commit (``+ changes``)."""
+    """Where the flow under test comes from: the checkout and commit (``+ changes``) of the
+    ``placeholder_etl`` this Python imports (the runs inherit its ``PYTHONPATH``), which may
+    be another checkout than the one installed editable."""
+    import importlib.util
+
     try:
         dist = distribution("placeholder-etl")
         direct = json.loads(dist.read_text("direct_url.json") or "{}")
     except (PackageNotFoundError, ValueError):
+        direct = {}
+    installed = direct.get("url", "").removeprefix("file://")
+    spec = importlib.util.find_spec("placeholder_etl")
+    if spec is None or spec.origin is None:
         return "unknown source"
-    url = direct.get("url", "")
-    if not url.startswith("file://"):
-        return url or "installed from an index"
-    checkout = url.removeprefix("file://")
+    package = Path(spec.origin).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(package), "rev-parse", "--show-toplevel"],
+                             check=True, **_QUIET)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return f"editable from {installed}" if installed else f"installed in {package}"
+    checkout = top.stdout.strip()
+    editable = installed and Path(installed).resolve() == Path(checkout)
+    how = "editable from" if editable else "on PYTHONPATH from"
     git = ["git", "-C", checkout]
     try:
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], check=True, **_QUIET)
         dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], check=True, **_QUIET)
     except (OSError, subprocess.CalledProcessError):
-        return f"editable from {checkout}"
+        return f"{how} {checkout}"
     changes = " + uncommitted changes" if dirty.stdout.strip() else ""
-    return f"editable from {checkout} at {commit.stdout.strip()}{changes}"
+    return f"{how} {checkout} at {commit.stdout.strip()}{changes}"
 
 
 _QUIET: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 30}
