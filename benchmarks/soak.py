@@ -4,7 +4,9 @@ Each run gets a fresh bundled server (in this process) with 10 % of requests ans
 (``5xx-rate:0.1``) and a random latency, and runs the flow with its default retry settings.
 The report counts runs that succeeded, retries made (by the HTTP session, from the
 manifests) and faults injected (from the server), and rows lost: users expected minus
-distinct user ids in the CSV. It must be 0.
+distinct user ids in the CSV. It must be 0, and every run's output must verify against its
+manifest (``verify_output``: every table there, with the recorded size, sha256 and rows);
+a run that does not is a failed run, its problems in the report.
 
     .venv/bin/python benchmarks/soak.py --runs 50 --users 2000
 """
@@ -20,6 +22,8 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from bench import verify_problems
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
@@ -70,6 +74,8 @@ def main() -> int:
                 seconds = time.perf_counter() - t0
                 injected = server.stats()["faults_injected"]
             ids: set[int] = set()
+            if manifest is not None and (problems := verify_problems(out)):
+                manifest, error = None, "; ".join(problems)
             if manifest is not None:
                 users_csv = out / manifest.tables["users"].file
                 ids = {

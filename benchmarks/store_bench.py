@@ -5,7 +5,9 @@ API server, all on 127.0.0.1, then runs ``placeholder-etl run --output-dir s3://
 size and measures the flow's own process (not its children): peak RSS, and the bytes it
 read and wrote through system calls (``/proc/<pid>/io`` ``rchar``/``wchar``: sockets and
 files, imports included). If the flow's process handled row data, those would grow with the
-rows; they should not.
+rows; they should not. After each run (untimed) its output in the bucket is verified against
+its manifest (``verify_output``: every table there, with the recorded size, sha256 and rows;
+``users`` with one row per user); a run that does not verify fails the benchmark (exit 1).
 
     .venv/bin/python benchmarks/store_bench.py --sizes 10000,1000000
 """
@@ -26,6 +28,8 @@ import psutil
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import verify_problems
 
 from tests.s3server import weed_server  # the test suite's SeaweedFS helper
 
@@ -161,32 +165,50 @@ def main() -> int:
     parser.add_argument("--sizes", default="10000,1000000")
     args = parser.parse_args()
     rows = []
+    failures = []
     with tempfile.TemporaryDirectory() as tmp_dir, weed_server(buckets=["etl"]) as s3:
         tmp = Path(tmp_dir)
         prefect, api = prefect_server(tmp)
-        env = {**os.environ, **s3.env, "PREFECT_API_URL": api}
+        os.environ.update(s3.env)  # this process reads the bucket back (verify)
+        env = {**os.environ, "PREFECT_API_URL": api}
         address, processes = cluster(tmp, env)
         processes.insert(0, prefect)
         try:
             for users in map(int, args.sizes.split(",")):
                 server, url = fast_server(users, tmp)
+                output = f"s3://etl/run-{users}"
                 try:
                     cmd = [str(Path(sys.executable).parent / "placeholder-etl"), "run", "-q",
-                           "--api-url", url, "--output-dir", f"s3://etl/run-{users}",
+                           "--api-url", url, "--output-dir", output,
                            "--runner", "dask", "--dask-address", address]  # fmt: skip
                     figures = measure(cmd, env)
                 finally:
                     stop([server])
-                rows.append({"users": users, **figures})
+                problems = verify_problems(output) or users_rows(output, users)
+                rows.append({"users": users, **figures, "verified": not problems})
                 print(json.dumps(rows[-1]), flush=True)
+                if problems:
+                    failures.append(f"{output} ({users:,} users): {'; '.join(problems)}")
+                    print(f"!!! {failures[-1]}", file=sys.stderr, flush=True)
         finally:
             stop(processes)
-    print("\n| users | s | flow peak RSS MiB | flow read MiB | flow written MiB |")
-    print("| ---: | ---: | ---: | ---: | ---: |")
+    print("\n| users | s | flow peak RSS MiB | flow read MiB | flow written MiB | verified |")
+    print("| ---: | ---: | ---: | ---: | ---: | --- |")
     for row in rows:
         print(f"| {row['users']:,} | {row['seconds']:.1f} | {row['peak_mib']:.0f} | "
-              f"{row['read_mib']:.1f} | {row['written_mib']:.1f} |")  # fmt: skip
-    return 0
+              f"{row['read_mib']:.1f} | {row['written_mib']:.1f} | "
+              f"{'yes' if row['verified'] else '**NO**'} |")  # fmt: skip
+    for failure in failures:
+        print(f"!!! output does not verify: {failure}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def users_rows(output: str, users: int) -> list[str]:
+    """The ``users`` table of ``output``'s newest manifest must hold one row per user."""
+    from placeholder_etl.core.results import Manifest
+
+    rows = Manifest.latest(output).tables["users"].rows
+    return [] if rows == users else [f"users: {rows:,} rows, expected {users:,}"]
 
 
 if __name__ == "__main__":
