@@ -229,28 +229,24 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
-class _Connection(HTTPConnection):
+class _ArmsDeadline:
+    """Mixed into a connection class: arms the deadline of the request made in this thread."""
+
+    placeholder_deadline: _Deadline | None = None
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        deadline = getattr(_local, "deadline", None)
+        if deadline is not None:
+            deadline.arm(self)
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _Connection(_ArmsDeadline, HTTPConnection):
     """An HTTP connection that arms the deadline of the request made in this thread."""
 
-    placeholder_deadline: _Deadline | None = None
 
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        deadline = getattr(_local, "deadline", None)
-        if deadline is not None:
-            deadline.arm(self)
-        super().request(*args, **kwargs)
-
-
-class _HTTPSConnection(HTTPSConnection):
+class _HTTPSConnection(_ArmsDeadline, HTTPSConnection):
     """:class:`_Connection` over TLS."""
-
-    placeholder_deadline: _Deadline | None = None
-
-    def request(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
-        deadline = getattr(_local, "deadline", None)
-        if deadline is not None:
-            deadline.arm(self)
-        super().request(*args, **kwargs)
 
 
 class _Pool(HTTPConnectionPool):
