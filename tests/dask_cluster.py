@@ -7,11 +7,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from distributed import Client
 
-__all__ = ["start_cluster", "stop_cluster"]
+__all__ = ["running_cluster", "start_cluster", "stop_cluster"]
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
@@ -90,3 +92,16 @@ def start_cluster(tmp: Path, workers: int, worker_code: str | None = None) -> tu
         client.wait_for_workers(workers, timeout=120)
         address = client.scheduler.address
     return address, processes
+
+
+@contextmanager
+def running_cluster(tmp: Path, workers: int = 2) -> Iterator[tuple[str, set[str]]]:
+    """A scheduler and ``workers`` worker processes for the block; yields (address, the
+    workers' addresses). The workers inherit this process's environment."""
+    address, processes = start_cluster(tmp, workers=workers)
+    try:
+        with Client(address, timeout=30) as client:
+            workers = set(client.scheduler_info()["workers"])
+        yield address, workers  # no client of ours stays connected during the block
+    finally:
+        stop_cluster(processes)

@@ -27,7 +27,7 @@ import requests
 
 from placeholder_api.server import make_server
 from placeholder_etl.core.results import Manifest
-from tests.dask_cluster import start_cluster, stop_cluster
+from tests.dask_cluster import running_cluster
 from tests.helpers import kill_group, run_cli, seed_transform
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
@@ -58,15 +58,8 @@ def test_the_matrix_holds_every_pair() -> None:
 def dask_external(s3, tmp_path_factory) -> Iterator[tuple[str, set[str]]]:
     """A scheduler and two worker processes started by hand (after ``s3``: the workers find
     the store through the AWS_* variables they inherit). Yields (address, worker addresses)."""
-    from distributed import Client
-
-    address, processes = start_cluster(tmp_path_factory.mktemp("dask"), workers=2)
-    try:
-        with Client(address, timeout=30) as client:
-            workers = set(client.scheduler_info()["workers"])
-        yield address, workers
-    finally:
-        stop_cluster(processes)
+    with running_cluster(tmp_path_factory.mktemp("dask")) as found:
+        yield found
 
 
 def runner_options(runner: str, address: str) -> tuple[str, ...]:

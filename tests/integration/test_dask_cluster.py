@@ -13,7 +13,7 @@ from distributed import Client
 
 from placeholder_api.server import make_server
 from placeholder_etl.cluster import WorkerSetupError, local_cluster_kwargs
-from tests.dask_cluster import start_cluster, stop_cluster
+from tests.dask_cluster import running_cluster, start_cluster, stop_cluster
 from tests.helpers import listening_sockets, process_tree, run_etl, run_flow
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
@@ -29,13 +29,8 @@ OTHER_VERSION = (
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory) -> Iterator[tuple[str, set[str]]]:
     """A real cluster of one scheduler and two worker processes; yields (address, workers)."""
-    address, processes = start_cluster(tmp_path_factory.mktemp("dask"), workers=2)
-    try:
-        with Client(address, timeout=30) as client:
-            workers = set(client.scheduler_info()["workers"])
-        yield address, workers
-    finally:
-        stop_cluster(processes)
+    with running_cluster(tmp_path_factory.mktemp("dask")) as found:
+        yield found
 
 
 def test_tasks_run_on_the_external_workers_and_match_a_local_run(api, tmp_path, cluster) -> None:
