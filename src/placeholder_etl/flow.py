@@ -77,12 +77,12 @@ def etl(
     """Download JSONPlaceholder resources, check them, write one CSV per table and a manifest.
 
     Args:
-        api_url: root of a json-server-style API.
-        output_dir: where the tables and the manifest go.
-        resources: ``users`` (default), a comma list such as ``users,posts``, or ``all``.
-        fetch: page size and paging, requests in flight, timeouts, retries, the page cache.
-        output: file format, formula guarding, the HTML report.
-        cluster: threads or Dask, and which Dask cluster.
+        api_url: Root of a json-server-style API.
+        output_dir: Where the tables and the manifest go: a folder or a URL (s3://…).
+        resources: Which resources: users (the default), a comma list such as users,posts, or all.
+        fetch: Page size and paging, requests in flight, timeouts, retries, the page cache.
+        output: File format, formula guarding, the HTML report.
+        cluster: Threads or Dask, and which Dask cluster.
 
     Returns:
         The manifest (also written as ``manifest_<timestamp>.json``) and where things are.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 import subprocess
 import sys
 
@@ -81,6 +82,31 @@ def test_every_numeric_flow_parameter_has_a_lower_bound() -> None:
     assert len(numbers) >= 10  # page_size, in_flight, retries, workers, ...
     unbounded = [path for path, s in numbers if "minimum" not in s and "exclusiveMinimum" not in s]
     assert unbounded == []
+
+
+def test_the_form_help_has_no_command_line_flags_or_raw_markup() -> None:
+    """The Prefect UI renders these descriptions as the run form's help (as HTML): a flag
+    such as ``--cache-hours`` names nothing on the form, and ``<...>`` is eaten."""
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(_flow().fn).model_dump_for_openapi()
+    texts = [(path, s["description"]) for path, s in _walk(schema) if "description" in s]
+    assert len(texts) >= 25
+    assert [(path, text) for path, text in texts if re.search(r"--\w|[<>]", text)] == []
+    assert [(path, text) for path, text in texts if not text[0].isupper()] == []
+
+
+def _walk(node: object, path: str = "") -> list[tuple[str, dict]]:
+    """Every JSON-schema object under ``node`` with its path."""
+    found = []
+    if isinstance(node, dict):
+        found.append((path, node))
+        for key, value in node.items():
+            found += _walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            found += _walk(value, f"{path}[{i}]")
+    return found
 
 
 def test_cli_options_are_the_settings_fields() -> None:

@@ -90,7 +90,9 @@ class FetchSettings(_Group):
     """How pages are requested, retried and cached."""
 
     page_size: int = Field(1000, ge=1, le=100_000, description="Records per request.")
-    paging: Paging = Field("page", description="'page' (_page/_limit) or 'start' (_start).")
+    paging: Paging = Field(
+        "page", description="How pages are asked for: 'page' (_page, _limit) or 'start' (_start)."
+    )
     pages_per_task: int | None = Field(
         None,
         ge=1,
@@ -118,14 +120,16 @@ class FetchSettings(_Group):
         description="Seconds before the first task retry; it doubles after each, jittered "
         "(0.63x to 1.5x).",
     )
-    cache: bool = Field(True, description="Reuse pages fetched within --cache-hours.")
+    cache: bool = Field(True, description="Reuse pages fetched within the cache lifetime.")
     cache_dir: str | None = Field(
         None,
         description="Where fetched pages are kept: a folder or a URL such as s3://bucket/cache "
         "(default: $PLACEHOLDER_ETL_CACHE_DIR, else ~/.cache/placeholder-etl; for an "
         "object-store output, its _placeholder_etl/cache).",
     )
-    cache_hours: float = Field(1.0, ge=0, le=24 * 365, description="Page cache lifetime.")
+    cache_hours: float = Field(
+        1.0, ge=0, le=24 * 365, description="Page cache lifetime, hours (0: fetch everything)."
+    )
     max_records: int = Field(
         DEFAULT_MAX_RECORDS,
         ge=1,
@@ -163,7 +167,7 @@ class OutputSettings(_Group):
         False, description="Keep text starting with = + - @ as is (default: prefix it with ')."
     )
     report: bool = Field(
-        False, description="Render report_<timestamp>.html from the report notebook."
+        False, description="Render an HTML run report (report_TIMESTAMP.html) beside the tables."
     )
 
 
@@ -171,13 +175,15 @@ class ClusterSettings(_Group):
     """Where the tasks run: threads, or Dask (a LocalCluster, a scheduler, Saturn Cloud)."""
 
     runner: Runner = Field(
-        "dask", description="'dask' (DaskTaskRunner, LocalCluster) or 'local' (threads)."
+        "dask", description="How tasks run: 'dask' (on a Dask cluster) or 'local' (threads here)."
     )
     dask_address: str | None = Field(
         None, description="An existing Dask scheduler (tcp://host:8786) to run the tasks on."
     )
     dask_cluster: ClusterKind | None = Field(
-        None, description="'local' or 'saturn' (default: saturn inside Saturn Cloud, else local)."
+        None,
+        description="Which Dask cluster: 'local' or 'saturn' (default: saturn inside Saturn "
+        "Cloud, else local).",
     )
     dask_workers: int | None = Field(
         None, ge=1, le=10_000, description="LocalCluster worker processes, or Saturn workers."
@@ -186,7 +192,7 @@ class ClusterSettings(_Group):
     dask_processes: bool | None = Field(
         None,
         description="LocalCluster workers as processes, or one worker in this process "
-        "(default: processes from 200,000 records on, or when --dask-workers is given).",
+        "(default: processes from 200,000 records on, or when a worker count is given).",
     )
     dask_worker_size: str | None = Field(None, description="Saturn worker size (e.g. large).")
     dask_scheduler_size: str | None = Field(None, description="Saturn scheduler size.")
