@@ -19,6 +19,7 @@ from typing import Any
 from placeholder_etl.core.pages import count_done
 from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
+from placeholder_etl.core.text import plural
 
 __all__ = ["Snapshot", "listening", "track"]
 
@@ -65,8 +66,10 @@ class Snapshot:
 
     def line(self) -> str:
         """One plain line: ``40% · 400/1,000 pages · 400,000 rows · 80,000 rows/s · ETA 8 s``."""
-        total = f"/{self.total_pages:,}" if self.total_pages else ""
-        parts = [f"{self.pages:,}{total} pages", f"{self.rows:,} rows", f"{self.rate:,.0f} rows/s"]
+        pages = plural(self.total_pages or self.pages, "page")
+        if self.total_pages:
+            pages = f"{self.pages:,}/{pages}"
+        parts = [pages, plural(self.rows, "row"), f"{self.rate:,.0f} rows/s"]
         if self.percent is not None:
             parts.insert(0, f"{self.percent:.0f}%")
         if self.eta is not None:

@@ -14,6 +14,7 @@ import copy
 import logging
 import os
 import sys
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -33,6 +34,7 @@ from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.redact import install_log_redaction, redact, register_url_secrets
 from placeholder_etl.core.results import RunResult
 from placeholder_etl.core.settings import RunSettings
+from placeholder_etl.core.text import plural
 
 __all__ = ["run_etl", "shape_console"]
 
@@ -60,35 +62,36 @@ def run_etl(
         level = "CRITICAL" if verbosity == "quiet" else "WARNING"
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", level)
     os.environ["PLACEHOLDER_ETL_CONSOLE"] = verbosity  # Dask worker processes read it
+    started = time.perf_counter()
     register_url_secrets(settings.api_url)
     console = Console(highlight=False, soft_wrap=True, quiet=verbosity == "quiet")
+    source = settings.api_url
     with ExitStack() as stack:
         if bundled_users is not None:
             from placeholder_api.server import bundled_server
 
             url = stack.enter_context(bundled_server(users=bundled_users))
             settings = settings.model_copy(update={"api_url": url})
-            console.print(f"bundled API server with {bundled_users} users at {url}")
-        from prefect.settings import get_current_settings
-
+            source = f"the bundled API ({plural(bundled_users, 'user')})"
+            console.print(f"Bundled API: {plural(bundled_users, 'user')} at {url}")
         from placeholder_etl.flow import etl
         from placeholder_etl.prefect_api import drain, prefect_api
 
-        server_running = bool(get_current_settings().api.url)  # else an ephemeral one, no UI
         _configure_logging(verbosity)
         try:
-            with prefect_api(), _no_heartbeat_unless_asked():
+            with prefect_api(say=console.print) as api, _no_heartbeat_unless_asked():
                 try:
                     with _progress_shown(console, verbosity):
                         result = etl(**settings.flow_parameters())
                 finally:
                     drain()  # Prefect's queued logs and events go out before our last line
-                ui = _run_url(result.manifest.flow_run_id) if server_running else None
+                # a temporary server stops with the run: no link to a page that is gone
+                ui = None if api.temporary else _run_url(result.manifest.flow_run_id)
         except Exception as exc:  # noqa: BLE001 - the CLI's one place to report any failure
             sys.stdout.flush()
             print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
             return 1
-    _print_result(console, result, ui)
+    _print_result(console, result, source, time.perf_counter() - started, ui)
     if verbosity == "quiet":
         print(f"output: {result.output_dir}\nmanifest: {result.manifest_file}")
     if result.report_error:
@@ -228,9 +231,11 @@ def _run_url(flow_run_id: str | None) -> str | None:
         return None
 
 
-def _print_result(console: Console, result: RunResult, ui: str | None = None) -> None:
+def _print_result(
+    console: Console, result: RunResult, source: str, seconds: float, ui: str | None
+) -> None:
     manifest = result.manifest
-    table = Table(title=f"placeholder-etl: {manifest.source}", title_justify="left")
+    table = Table(title=f"Tables from {source}", title_justify="left")
     table.add_column("table")
     table.add_column("file")
     table.add_column("rows", justify="right")
@@ -238,9 +243,9 @@ def _print_result(console: Console, result: RunResult, ui: str | None = None) ->
         table.add_row(name, info.file, f"{info.rows:,}")
     console.print(table)
     console.print(
-        f"{manifest.pages:,} pages ({manifest.pages_reused:,} reused), "
-        f"{manifest.retries} retries, {manifest.timings.total_s:.2f} s; "
-        f"flow run {manifest.flow_run_id}"
+        f"{plural(manifest.pages, 'page')} ({manifest.pages_reused:,} reused), "
+        f"{plural(manifest.retries, 'retry', 'retries')}, {seconds:.1f} s in all "
+        f"({manifest.timings.total_s:.1f} s in the flow); flow run {manifest.flow_run_id}"
     )
     if ui:
         console.print(f"in the Prefect UI: {ui}")

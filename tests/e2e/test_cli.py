@@ -38,7 +38,9 @@ def test_run_against_the_bundled_server_on_dask(tmp_path) -> None:
     frame = pd.read_csv(users)
     assert list(frame.columns) == SEED_HEADER
     assert frame["ID"].tolist() == list(range(1, 13))
-    assert "bundled API server with 12 users" in result.stdout
+    assert "Bundled API: 12 users at http://127.0.0.1:" in result.stdout
+    assert "Tables from the bundled API (12 users)" in result.stdout
+    assert re.search(r"\n1 page \(0 reused\), 0 retries, [\d.]+ s in all \(", result.stdout)
 
     checked = run_cli("verify", str(out), timeout=60)
     assert checked.returncode == 0, checked.stderr
@@ -225,6 +227,10 @@ def test_without_a_prefect_api_the_run_brings_its_own(tmp_path, monkeypatch, pro
     )
     started = re.search(r"Starting temporary server on (http://127\.0\.0\.1:(\d+))", result.stderr)
     assert started, result.stderr[-2000:]
+    announced = re.findall(r"Prefect server: (.*)", result.stdout)
+    assert announced[0] == "none configured, starting a temporary one for this run…"
+    assert re.match(r"temporary, ready in \d+\.\d s ", announced[1]), announced
+    assert "in the Prefect UI" not in result.stdout  # the server is gone: no dead link
     with socket.socket() as probe:  # stopped: nothing listens there any more
         assert probe.connect_ex(("127.0.0.1", int(started.group(2)))) != 0
 
@@ -272,3 +278,22 @@ def test_every_request_in_flight_has_a_pooled_connection(tmp_path) -> None:
     assert len(starts) == 64
     # the 0.3 s latency: requests that overlap were in flight together
     assert max(sum(1 for t in starts if s <= t < s + 0.25) for s in starts) >= 17
+
+
+def test_without_a_prefect_api_a_server_running_here_is_used(
+    tmp_path, monkeypatch, prefect_api_url
+) -> None:
+    """No PREFECT_API_URL, but a server where `prefect server start` listens: the run uses it
+    (no temporary server) and links the run in its UI."""
+    from urllib.parse import urlsplit
+
+    where = urlsplit(prefect_api_url)
+    monkeypatch.delenv("PREFECT_API_URL")
+    env = {"PREFECT_SERVER_API_HOST": where.hostname, "PREFECT_SERVER_API_PORT": str(where.port)}
+    result = run_etl("bundled", tmp_path / "out", "--bundled-users", "3", runner="local", env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    used = f"http://{where.hostname}:{where.port}/api"
+    assert f"Prefect server: {used} (running here; PREFECT_API_URL is not set)" in result.stdout
+    assert "temporary" not in result.stdout
+    run_id = json.loads(next((tmp_path / "out").glob("manifest_*.json")).read_text())["flow_run_id"]
+    assert re.search(rf"in the Prefect UI: http://\S+/runs/flow-run/{run_id}", result.stdout)
