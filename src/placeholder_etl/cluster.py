@@ -22,6 +22,7 @@ __all__ = [
     "WorkerSetupError",
     "check_workers",
     "cluster_threads",
+    "dashboard_link",
     "dask_runner_kwargs",
     "local_cluster_kwargs",
     "make_task_runner",
@@ -181,6 +182,18 @@ def check_workers(client: Any) -> list[str]:
             "or environment.yml), then restart the workers."
         )
     return sorted(answers)
+
+
+def dashboard_link(client: Any) -> str:
+    """The Dask dashboard's address, as it really listens.
+
+    An in-process cluster's scheduler has an ``inproc://`` address named after the machine's
+    IP, so Dask's own link names that IP, while the dashboard listens on 127.0.0.1 only.
+    """
+    if not str(client.scheduler.address).startswith("inproc://"):
+        return str(client.dashboard_link)
+    port = client.scheduler_info()["services"]["dashboard"]
+    return f"http://127.0.0.1:{port}/status"
 
 
 def cluster_threads(client: Any) -> int:

@@ -6,13 +6,14 @@ import os
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from distributed import Client
 
 from placeholder_api.server import make_server
-from placeholder_etl.cluster import WorkerSetupError, local_cluster_kwargs
+from placeholder_etl.cluster import WorkerSetupError, dashboard_link, local_cluster_kwargs
 from tests.dask_cluster import running_cluster, start_cluster, stop_cluster
 from tests.helpers import listening_sockets, process_tree, run_etl, run_flow
 
@@ -174,9 +175,18 @@ def test_local_clusters_listen_on_loopback_only(processes) -> None:
 
     me = os.getpid()
     before = listening_sockets(process_tree(me))  # other tests' servers in this process
-    with LocalCluster(**local_cluster_kwargs(processes, workers=1)) as cluster:
+    with (
+        LocalCluster(**local_cluster_kwargs(processes, workers=1)) as cluster,
+        Client(cluster) as client,
+    ):
         opened = listening_sockets(process_tree(me)) - before
         assert cluster.scheduler_address.startswith("tcp://" if processes else "inproc://")
+        link = dashboard_link(client)  # what the flow logs
+        assert link.startswith("http://127.0.0.1:"), link
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with no_proxy.open(link, timeout=30) as page:
+            assert page.status == 200
+            assert b"Dask" in page.read()
     assert opened  # at least the dashboard
     assert {ip for ip, _ in opened} == {"127.0.0.1"}
 
