@@ -61,7 +61,7 @@ format: $(STAMP) ## Format the code with ruff
 	$(BIN)/ruff check --fix .
 
 lab: $(STAMP) ## Start JupyterLab on 127.0.0.1 in notebooks/ (the project's .venv as kernel)
-	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks
+	$(BIN)/jupyter lab --ip 127.0.0.1 --notebook-dir notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 strip-notebooks: $(STAMP) ## Clear outputs and execution counts before committing notebooks
 	$(BIN)/jupyter nbconvert --clear-output --inplace notebooks/*.ipynb
@@ -73,9 +73,12 @@ server: $(STAMP) ## Start a Prefect server and its UI on 127.0.0.1:4200 (PREFECT
 	PREFECT_SERVER_UI_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
 		$(BIN)/prefect server start --host 127.0.0.1 --port $(PREFECT_PORT)
 
+# Deployments and served flows live on a lasting Prefect server or Cloud workspace.
+REQUIRE_PREFECT_API = test -n "$$PREFECT_API_URL" || $(BIN)/prefect config view | grep -q PREFECT_API_URL || \
+	{ echo "error: set PREFECT_API_URL (make server) or run 'prefect cloud login' first" >&2; exit 2; }
+
 deploy: $(STAMP) ## Deploy prefect.yaml to PREFECT_API_URL; daily-git clones origin (or this checkout)
-	@test -n "$$PREFECT_API_URL" || $(BIN)/prefect config view | grep -q PREFECT_API_URL || \
-		{ echo "set PREFECT_API_URL (make server) or run 'prefect cloud login' first" >&2; exit 2; }
+	@$(REQUIRE_PREFECT_API)
 	@GIT_TERMINAL_PROMPT=0 timeout 30 git ls-remote --exit-code '$(PLACEHOLDER_ETL_REPO)' \
 		$(PLACEHOLDER_ETL_BRANCH) >/dev/null 2>&1 || \
 		echo "warning: daily-git will fail: git cannot read branch '$(PLACEHOLDER_ETL_BRANCH)' of" \
@@ -90,6 +93,7 @@ worker: $(STAMP) ## Start a process worker on the work pool (POOL=placeholder-et
 	$(BIN)/prefect worker start --pool $(POOL)
 
 serve: $(STAMP) ## Run flow.serve with the daily schedule in this process (needs PREFECT_API_URL)
+	@$(REQUIRE_PREFECT_API)
 	$(BIN)/placeholder-etl serve --output-dir $(OUTPUT_DIR)
 
 automation: $(STAMP) ## Install the server-side failure notification (PLACEHOLDER_ETL_NOTIFY_WEBHOOK)

@@ -469,7 +469,11 @@ def write_recipes(
         try:
             parse_recipe(data)
         except ValidationError as exc:
-            raise SystemExit(f"error: {name} for {repo}: {exc}") from None
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise SystemExit(f"error: {name} for {repo}: {problems}") from None
         (out / name).write_text(_dump(data))
         written.append(out / name)
     return written

@@ -194,6 +194,24 @@ def test_make_deploy_clones_origin_or_else_the_checkout_itself(clone, tmp_path) 
     assert "github.com" not in (ROOT / "Makefile").read_text()
 
 
+@pytest.mark.parametrize("target", ["deploy", "serve"])
+def test_make_targets_that_need_a_lasting_server_say_so_without_one(target, tmp_path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    refused = subprocess.run(
+        make_command(target),
+        env={**env, "PREFECT_HOME": str(tmp_path / "prefect-home")},  # no profile setting either
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.splitlines()[0] == (
+        "error: set PREFECT_API_URL (make server) or run 'prefect cloud login' first"
+    )
+    assert refused.stdout == ""  # nothing started
+
+
 @pytest.fixture
 def python_with_another_copy(tmp_path) -> Path:
     """A Python with this environment's dependencies and this checkout's ``src/`` on its path,

@@ -106,8 +106,12 @@ def test_write_takes_the_checkouts_origin_and_names_a_missing_one(tmp_path) -> N
 
 
 def test_write_refuses_a_url_saturn_cannot_clone(tmp_path) -> None:
-    with pytest.raises(SystemExit, match="not an https or ssh git URL"):
+    with pytest.raises(SystemExit) as refused:
         write_recipes(tmp_path, repo=str(ROOT))  # a path: fine for make deploy, not for Saturn
+    assert str(refused.value) == (
+        f"error: saturn.json for {ROOT}: workspace.spec.git_repositories.0.url: "
+        f"'{ROOT}' is not an https or ssh git URL Saturn can clone"
+    )  # one line, no pydantic boilerplate
 
 
 def test_the_command_line_writes_the_recipes(tmp_path) -> None:
