@@ -2,6 +2,7 @@
 
 - :func:`open_api` returns the API a notebook reads: the one at ``api_url``, or, when that is
   empty, the bundled server started for this kernel (stopped by :meth:`NotebookApi.close`).
+- :func:`show` displays a chart with its title as alternative text.
 - :func:`record` shows a value and tags it in the notebook's outputs, so the papermill tests
   (and anyone reading an executed notebook) can find it by name with :func:`recorded`.
 """
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["is_recorded", "open_api", "output_path", "record", "recorded"]
+__all__ = ["is_recorded", "open_api", "output_path", "record", "recorded", "show"]
 
 _TAG = "placeholder_etl"
 
@@ -53,6 +54,17 @@ def output_path(output_dir: str) -> Path:
     if output_dir:
         return Path(output_dir).expanduser()
     return Path(tempfile.mkdtemp(prefix="placeholder-etl-notebook-"))
+
+
+def show(figure: Any) -> None:
+    """Display a matplotlib figure with its title as the image's alternative text (kept by the
+    HTML report, read by screen readers), and close it."""
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    alt = " ".join(ax.get_title() for ax in figure.axes if ax.get_title())
+    display(figure, metadata={"image/png": {"alt": alt or "chart"}})
+    plt.close(figure)
 
 
 def record(name: str, value: Any) -> Any:

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import tempfile
 from datetime import datetime
+from html import escape
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.results import Manifest
@@ -80,22 +81,26 @@ def render_report(manifest: Path, output_dir: Path, timeout: int = 600) -> Path:
                 cwd=scratch,
                 progress_bar=False,
                 execution_timeout=timeout,
+                # the kernel's own notices (e.g. "running over TCP without encryption": it
+                # listens on 127.0.0.1 only) would reach the terminal's stderr
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         except papermill.PapermillExecutionError as exc:
             raise ReportError(
                 f"report notebook {notebook.name} failed in cell {exc.exec_count}: "
                 f"{exc.ename}: {exc.evalue}"
             ) from None
-        html = _to_html(node)
+        html = _to_html(node, title=f"Run report {stamp} · placeholder-etl")
     target = output_dir / f"report_{stamp}.html"
     with atomic_write(target) as handle:
         handle.write(html.encode())
     return target
 
 
-def _to_html(node) -> str:
+def _to_html(node, title: str) -> str:
     """The executed notebook as HTML for readers: no code, no prompts, no recorded values, no
-    cells tagged :data:`HIDDEN_TAG`, no stderr (warnings, logs)."""
+    cells tagged :data:`HIDDEN_TAG`, no stderr (warnings, logs); ``title`` in the browser's
+    tab, each chart's alternative text from :func:`placeholder_etl.notebook.show`."""
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
 
@@ -104,11 +109,12 @@ def _to_html(node) -> str:
     for cell in node.cells:
         if cell.cell_type == "code":
             cell.outputs = [
-                output
+                _with_alt_text(output)
                 for output in cell.outputs
                 if not is_recorded(output)
                 and not (output.output_type == "stream" and output.name == "stderr")
             ]
+    node.metadata["title"] = title
     exporter = HTMLExporter(
         exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True
     )
@@ -120,8 +126,28 @@ def _to_html(node) -> str:
     return html
 
 
+def _with_alt_text(output: Any) -> Any:
+    """A PNG output as an ``<img>`` with its alternative text (nbconvert's template has none)."""
+    alt = output.get("metadata", {}).get("image/png", {}).get("alt")
+    if "image/png" not in output.get("data", {}) or not alt:
+        return output
+    png = output.data["image/png"].strip()
+    output.data = {"text/html": f'<img src="data:image/png;base64,{png}" alt="{escape(alt)}">'}
+    return output
+
+
 def _when(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _duration(seconds: float) -> str:
+    """``2.8 s``, ``12 min 3 s``, ``2 h 5 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s"
+    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def _size(count: int) -> str:
@@ -138,8 +164,8 @@ def headline(manifest: Manifest) -> str:
     timings = manifest.timings
     workers = len(manifest.workers)
     duration = (
-        f"{timings.total_s:.1f} s: counting {timings.count_s:.1f} s, "
-        f"extracting {timings.extract_s:.1f} s, loading {timings.load_s:.1f} s"
+        f"{_duration(timings.total_s)}: counting {_duration(timings.count_s)}, "
+        f"extracting {_duration(timings.extract_s)}, loading {_duration(timings.load_s)}"
     )
     pages = f"{manifest.pages:,} in {manifest.chunks:,} tasks on {workers} worker" + (
         "s" if workers != 1 else ""
@@ -160,7 +186,8 @@ def headline(manifest: Manifest) -> str:
         ),
         ("Prefect flow run", f"`{manifest.flow_run_id or 'none'}`"),
     ]
-    lines = [f"# Run report: {_when(manifest.started)}", "", "| | |", "| --- | --- |"]
+    heading = f"# Run report: {', '.join(manifest.resources)} from {manifest.source}"
+    lines = [heading, "", "| | |", "| --- | --- |"]
     lines += [f"| **{name}** | {value} |" for name, value in facts]
     lines += ["", "| table | rows | size | file |", "| --- | ---: | ---: | --- |"]
     lines += [

@@ -170,6 +170,14 @@ def test_run_report_writes_html_for_readers(tmp_path) -> None:
     assert "5,000" in html  # photos checked, from the data
     assert "records checked, 0 breaches" in html
     assert html.count('src="data:image/png;base64') == 5
+    # for a browser's tab and a screen reader: a title, each chart described by its own title
+    assert f"<title>Run report {manifest.created} · placeholder-etl</title>" in html
+    alts = re.findall(r'<img [^>]*alt="([^"]*)"', html)
+    assert alts[0] == f"Rows per table ({sum(i.rows for i in manifest.tables.values()):,} in all)"
+    assert len(set(alts)) == 5
+    assert "No description has been provided" not in html
+    # no third-party notices in the terminal (kernel transport, nbconvert's alt-text warning)
+    assert result.stderr.strip() == "", result.stderr[-2000:]
     # nothing for notebook users or tests: no code, no dicts, no recorded values, no logs
     assert "import pandas" not in text
     assert "{'" not in text
