@@ -1,10 +1,13 @@
-"""How far a run is: pages and rows done, rate, ETA — on the flow run and in a terminal.
+"""How far a run is: pages and rows done, rate, ETA, then the step after the pages — on the
+flow run and in a terminal.
 
 While the chunk tasks run, the flow counts the page checkpoints written so far (one listing
 per resource, wherever the pages are: this process, Dask workers, an object store) and
 reports a :class:`Snapshot` about once a second: to a Prefect progress artifact on the flow
 run (``placeholder-etl-progress``, reaching 100 when the pages are all in), and to every
-listener registered with :func:`listening` (the command line's progress bar).
+listener registered with :func:`listening` (the command line's progress bar). After the
+pages, :func:`phase` says what the run is doing (assembling tables, rendering the report):
+in the flow run's log, on the artifact and to the listeners.
 """
 
 from __future__ import annotations
@@ -21,11 +24,19 @@ from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
 from placeholder_etl.core.text import plural
 
-__all__ = ["Snapshot", "listening", "track"]
+__all__ = ["Phase", "Snapshot", "listening", "phase", "track"]
 
 ARTIFACT_KEY = "placeholder-etl-progress"
-_listeners: list[Callable[[Snapshot], None]] = []
+_listeners: list[Callable[[Snapshot | Phase], None]] = []
 _lock = threading.Lock()
+_artifacts: dict[str, Any] = {}  # flow run id: its progress artifact's id
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """A step after the pages, for people: ``assembling tables (3/8)``."""
+
+    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +89,7 @@ class Snapshot:
 
 
 @contextmanager
-def listening(listener: Callable[[Snapshot], None]) -> Iterator[None]:
+def listening(listener: Callable[[Snapshot | Phase], None]) -> Iterator[None]:
     """Call ``listener`` with every snapshot of the runs in this process, inside the block."""
     with _lock:
         _listeners.append(listener)
@@ -89,11 +100,25 @@ def listening(listener: Callable[[Snapshot], None]) -> Iterator[None]:
             _listeners.remove(listener)
 
 
-def _tell(snapshot: Snapshot) -> None:
+def _tell(news: Snapshot | Phase) -> None:
     with _lock:
         listeners = list(_listeners)
     for listener in listeners:
-        listener(snapshot)
+        listener(news)
+
+
+def phase(text: str) -> None:
+    """Say what the run does now that the pages are in: in the flow run's log, as the progress
+    artifact's description, and to the listeners."""
+    from prefect import get_run_logger
+    from prefect.artifacts import update_progress_artifact
+    from prefect.runtime import flow_run
+
+    get_run_logger().info("%s", text)
+    artifact = _artifacts.get(flow_run.get_id() or "")
+    if artifact is not None:
+        update_progress_artifact(artifact, 100.0, description=f"Pages all in; {text}")
+    _tell(Phase(text))
 
 
 #: Seconds between two looks at the futures while waiting for them.
@@ -114,11 +139,13 @@ def track(
     listeners every ``interval`` seconds.
     """
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
+    from prefect.runtime import flow_run
 
     started = time.monotonic()
     artifact = create_progress_artifact(
         0.0, key=ARTIFACT_KEY, description="Pages fetched, checked and written"
     )
+    _artifacts[flow_run.get_id() or ""] = artifact
     last_artifact = 0.0
 
     def snapshot(final: bool = False) -> Snapshot:

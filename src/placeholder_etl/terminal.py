@@ -184,7 +184,7 @@ class _NoTraceback(logging.Formatter):
 @contextmanager
 def _progress_shown(console: Console, verbosity: Verbosity) -> Iterator[None]:
     """Show the run's progress: a bar on a terminal, a line every ~10 % otherwise."""
-    from placeholder_etl.progress import Snapshot, listening
+    from placeholder_etl.progress import Phase, Snapshot, listening
 
     if verbosity == "quiet":
         yield
@@ -192,7 +192,10 @@ def _progress_shown(console: Console, verbosity: Verbosity) -> Iterator[None]:
     if not console.is_terminal:
         shown = {"step": -1, "at": 0.0}
 
-        def line(snapshot: Snapshot) -> None:
+        def line(snapshot: Snapshot | Phase) -> None:
+            if isinstance(snapshot, Phase):
+                console.print(f"progress: {snapshot.text}")
+                return
             step = int((snapshot.percent or 0) // 10)
             if snapshot.final or step > shown["step"] or snapshot.seconds - shown["at"] >= 30:
                 shown.update(step=step, at=snapshot.seconds)
@@ -202,7 +205,7 @@ def _progress_shown(console: Console, verbosity: Verbosity) -> Iterator[None]:
             yield
         return
     columns = (
-        TextColumn("pages"),
+        TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rows]:,} rows · {task.fields[rate]:,.0f} rows/s"),
@@ -211,7 +214,10 @@ def _progress_shown(console: Console, verbosity: Verbosity) -> Iterator[None]:
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("pages", total=None, rows=0, rate=0.0)
 
-        def update(snapshot: Snapshot) -> None:
+        def update(snapshot: Snapshot | Phase) -> None:
+            if isinstance(snapshot, Phase):
+                bar.update(task, description=f"pages · {snapshot.text}")
+                return
             done = {"completed": snapshot.pages, "rows": snapshot.rows, "rate": snapshot.rate}
             bar.update(task, total=snapshot.total_pages, **done)
 
