@@ -67,6 +67,12 @@ def run_etl(
     console = Console(highlight=False, soft_wrap=True, quiet=verbosity == "quiet")
     source = settings.api_url
     with ExitStack() as stack:
+        from placeholder_etl.prefect_api import start_server_if_needed
+
+        # before the bundled API and the flow's imports, so that they overlap its start
+        server = start_server_if_needed(say=console.print)
+        if server is not None:
+            stack.callback(server.stop)  # also when the run never reaches it
         if bundled_users is not None:
             from placeholder_api.server import bundled_server
 
@@ -79,7 +85,7 @@ def run_etl(
 
         _configure_logging(verbosity)
         try:
-            with prefect_api(say=console.print) as api, _no_heartbeat_unless_asked():
+            with prefect_api(console.print, server) as api, _no_heartbeat_unless_asked():
                 try:
                     with _progress_shown(console, verbosity):
                         result = etl(**settings.flow_parameters())
