@@ -27,7 +27,9 @@ Control routes, never counted nor faulted: ``GET /__control/stats``, ``GET /__co
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import math
 import os
 import queue
@@ -93,6 +95,8 @@ FAULT_MODES: dict[str, str] = {
     "huge": "huge[:BYTES] (default 1000000): each record's first text field is BYTES long",
     "formula": "formula: text fields start with =, +, - or @ (CSV formula injection)",
     "extra-field": "extra-field: every record carries an unexpected extra field",
+    "stale-304": "stale-304: every conditional request is answered 304 Not Modified, even when "
+    "the page changed",
 }
 _DEFAULT_ARGS: dict[str, float] = {
     "4xx": 404,
@@ -818,6 +822,7 @@ class _Stats:
     by_resource: dict[str, int] = field(default_factory=dict)
     pages: dict[str, dict[str, int]] = field(default_factory=dict)
     faults_injected: int = 0
+    not_modified: int = 0
 
     def snapshot(self) -> dict[str, Any]:
         """A JSON-able copy."""
@@ -826,7 +831,14 @@ class _Stats:
             "by_resource": dict(self.by_resource),
             "pages": {name: dict(pages) for name, pages in self.pages.items()},
             "faults_injected": self.faults_injected,
+            "not_modified": self.not_modified,
         }
+
+
+def weak_etag(body: bytes) -> str:
+    """Express's ETag (json-server's): ``W/"<length, hex>-<sha1, base64, 27 chars>"``."""
+    digest = base64.b64encode(hashlib.sha1(body).digest()).decode()[:27]
+    return f'W/"{len(body):x}-{digest}"'
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -945,7 +957,28 @@ class _Handler(BaseHTTPRequestHandler):
         if faulted and plan.mode in _BODY_FAULTS:
             self._faulty_answer(plan, target.resource, response)
         else:
-            self.send_json(response.status, response.payload, response.headers)
+            stale = faulted and plan.mode == "stale-304"
+            self._send_data(
+                response.status, orjson.dumps(response.payload), response.headers, stale
+            )
+
+    def _send_data(
+        self, status: int, body: bytes, headers: dict[str, str], stale: bool = False
+    ) -> None:
+        """Send a data response with a weak ``ETag`` over its bytes, as json-server (Express)
+        does; a matching ``If-None-Match`` (any, with ``stale``) gets ``304`` and no body."""
+        if status != 200:
+            self.send_body(status, body, JSON_TYPE, headers)
+            return
+        tag = weak_etag(body)
+        asked = self.headers.get("If-None-Match")
+        if asked is not None and (stale or tag in (t.strip() for t in asked.split(","))):
+            self.server.note_not_modified(stale)
+            self.send_response(304)
+            self.send_header("ETag", tag)
+            self.end_headers()
+            return
+        self.send_body(status, body, JSON_TYPE, {**headers, "ETag": tag})
 
     def _early_fault(self, plan: FaultPlan) -> bool:
         """Faults that answer instead of the data (or delay it); True when one answered."""
@@ -1009,7 +1042,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = body[: len(body) // 2]
         elif plan.mode == "bad-utf8":
             body = _bad_utf8(body)
-        self.send_body(response.status, body, JSON_TYPE, headers)
+        self._send_data(response.status, body, headers)
 
     def _hostile(self, plan: FaultPlan, resource: str, records: list[Record]) -> list[Record]:
         """Odd but well-formed data: duplicates, unordered or shrinking pages, huge or
@@ -1213,6 +1246,12 @@ class ApiServer(ThreadingHTTPServer):
         """Count one injected fault."""
         with self._lock:
             self._stats.faults_injected += 1
+
+    def note_not_modified(self, injected: bool) -> None:
+        """Count one ``304`` (and an injected fault when it was a stale one)."""
+        with self._lock:
+            self._stats.not_modified += 1
+            self._stats.faults_injected += injected
 
     def take_url_fault(self, url: str, times: int) -> bool:
         """Whether this request is among the first ``times`` to ``url`` (counts it if so)."""

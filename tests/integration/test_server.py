@@ -591,10 +591,17 @@ def test_stats_count_requests_pages_and_reset(http: requests.Session) -> None:
             "by_resource": {"users": 4, "posts": 1, "todos": 1},
             "pages": {"users": {"1": 1, "2": 2}, "todos": {"1": 1}},
             "faults_injected": 1,
+            "not_modified": 0,
         }
         assert server.stats() == stats
         reset = http.post(server.url + "/__control/reset", timeout=5).json()
-        assert reset == {"requests": 0, "by_resource": {}, "pages": {}, "faults_injected": 0}
+        assert reset == {
+            "requests": 0,
+            "by_resource": {},
+            "pages": {},
+            "faults_injected": 0,
+            "not_modified": 0,
+        }
         assert get(http, server, "/todos?_page=1").status_code == 503  # counters zeroed too
 
 
@@ -725,3 +732,33 @@ def test_bundled_server_loopback() -> None:
         (server,) = children
         listening = listening_sockets({server.pid})
         assert listening == {("127.0.0.1", urlsplit(url).port)}
+
+
+def test_pages_carry_a_weak_etag_and_a_match_gets_304_without_a_body() -> None:
+    """As json-server (Express): ``W/"<length hex>-<sha1 base64>"`` over the body's bytes."""
+    import base64
+    import hashlib
+
+    with make_server(users=20) as server:
+        url = f"{server.url}/users?_page=1&_limit=5"
+        first = requests.get(url, timeout=10)
+        tag = first.headers["ETag"]
+        digest = base64.b64encode(hashlib.sha1(first.content).digest()).decode()[:27]
+        assert tag == f'W/"{len(first.content):x}-{digest}"'
+        again = requests.get(url, headers={"If-None-Match": tag}, timeout=10)
+        assert (again.status_code, again.content, again.headers["ETag"]) == (304, b"", tag)
+        other = requests.get(f"{server.url}/users?_page=2&_limit=5", headers={"If-None-Match": tag})
+        assert other.status_code == 200
+        assert other.json()[0]["id"] == 6
+        assert other.headers["ETag"] != tag
+        assert server.stats()["not_modified"] == 1
+    with make_server(users=20, seed=1) as changed:  # other data: the old tag no longer matches
+        assert requests.get(url.replace(server.url, changed.url), headers={"If-None-Match": tag}).ok
+
+
+def test_the_stale_304_fault_answers_every_conditional_request_304() -> None:
+    with make_server(users=20, seed=1, fault="stale-304") as server:
+        url = f"{server.url}/users?_page=1&_limit=5"
+        assert requests.get(url, headers={"If-None-Match": 'W/"0-old"'}).status_code == 304
+        assert requests.get(url).status_code == 200  # an unconditional request gets the page
+        assert server.stats()["faults_injected"] == 1
