@@ -1,4 +1,4 @@
-"""Break one README guarantee at a time and check that the tests holding it fail.
+"""Break one guarantee of docs/guarantees.md at a time and check that the tests holding it fail.
 
 Each mutation is an edit of the source, applied to a copy of the checkout (``src``,
 ``tests``, ``pyproject.toml``), never to the checkout itself. Most are a one-place edit; where

@@ -228,7 +228,7 @@ def serve_api(
     seed: Annotated[int, typer.Option(help="Seed of the generated data.")] = 0,
     latency: Annotated[float, typer.Option(min=0, help="Seconds added to every response.")] = 0.0,
     fault: Annotated[
-        str, typer.Option(help="Fault to inject: MODE[:ARG], see the README's fault table.")
+        str, typer.Option(help="Fault to inject: MODE[:ARG], see docs/bundled-api.md.")
     ] = "none",
     fault_resource: Annotated[
         str | None, typer.Option(help="Only inject the fault on this resource.")

@@ -26,7 +26,6 @@ from contextlib import contextmanager
 from typing import NamedTuple
 
 __all__ = [
-    "PrefectApi",
     "TemporaryServer",
     "drain",
     "export_api_url",
@@ -115,8 +114,9 @@ class TemporaryServer:
             if code == 3:  # uvicorn: the port was taken meanwhile
                 self._start()
             elif code is not None or time.monotonic() > deadline:
+                output = self._output
                 self.stop()
-                raise RuntimeError(f"the temporary Prefect server did not start: {self._output}")
+                raise RuntimeError(f"the temporary Prefect server did not start: {output}")
             time.sleep(0.1)
         return time.perf_counter() - self.started
 

@@ -1,4 +1,4 @@
-"""Hostile and odd input: each case has a documented behaviour (README "Guarantees")."""
+"""Hostile and odd input: each case has a documented behaviour (docs/guarantees.md)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,10 @@
-"""Write README.md's configuration table from the settings models (one source of truth).
+"""Write docs/configuration.md's settings table from the settings models (one source of truth).
 
-    .venv/bin/python tools/readme_settings.py          # rewrite the table in README.md
-    .venv/bin/python tools/readme_settings.py --check  # exit 1 if it is out of date
+    .venv/bin/python tools/settings_table.py          # rewrite the table in docs/configuration.md
+    .venv/bin/python tools/settings_table.py --check  # exit 1 if it is out of date
 
 ``tests/unit/test_readme.py`` runs the check: a setting added, renamed or re-defaulted in
-``placeholder_etl.core.settings`` fails the tests until the README says so.
+``placeholder_etl.core.settings`` fails the tests until the docs say so.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pydantic import BaseModel
 from placeholder_etl.cli import ENV_DEFAULTS
 from placeholder_etl.core.settings import RunSettings
 
-NONE = "\u2013"  # an en dash: the README tables' "not set"
-README = Path(__file__).resolve().parents[1] / "README.md"
-START = "<!-- settings:start (tools/readme_settings.py writes this table) -->"
+NONE = "\u2013"  # an en dash: the tables' "not set"
+PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
+START = "<!-- settings:start (tools/settings_table.py writes this table) -->"
 END = "<!-- settings:end -->"
 
 
@@ -59,7 +59,7 @@ def _row(name: str, parameter: str, field) -> str:
 
 
 def rewritten(text: str) -> str:
-    """``text`` (the README) with the table between the markers replaced."""
+    """``text`` (the page) with the table between the markers replaced."""
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     return f"{head}{START}\n{table()}\n{END}{tail}"
@@ -69,15 +69,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="only check; exit 1 if stale")
     args = parser.parse_args()
-    text = README.read_text()
+    text = PAGE.read_text()
     new = rewritten(text)
     if args.check:
         if new != text:
-            print("README.md's configuration table is out of date:", file=sys.stderr)
-            print("run .venv/bin/python tools/readme_settings.py", file=sys.stderr)
+            print("docs/configuration.md's settings table is out of date:", file=sys.stderr)
+            print("run .venv/bin/python tools/settings_table.py", file=sys.stderr)
             return 1
         return 0
-    README.write_text(new)
+    PAGE.write_text(new)
     return 0
 
 
