@@ -54,7 +54,8 @@ class Mutation:
 
 
 STAGING = "src/placeholder_etl/core/staging.py"
-PIPELINE = "src/placeholder_etl/core/pipeline.py"
+ASSEMBLE = "src/placeholder_etl/core/assemble.py"
+TRANSPORT = "src/placeholder_etl/core/transport.py"
 TABLES = "src/placeholder_etl/core/tables.py"
 FASTPATH = "src/placeholder_etl/core/fastpath.py"
 CONTRACT = "src/placeholder_etl/core/contract.py"
@@ -139,7 +140,7 @@ MUTATIONS = (
         "Concurrent runs never overwrite or interleave",
         "the stamp is not checked against files already there",
         STAGING,
-        '            if not any((self.directory / f"{k}_{stamp}{s}").exists() for k, s in names):',
+        "            if not any((self.directory / final_name(k, stamp, s)).exists() for k, s in names):",
         "            if True:",
         (T + "unit/test_staging.py::test_concurrent_commits_never_share_or_overwrite_files",),
     ),
@@ -178,8 +179,8 @@ MUTATIONS = (
         "Transient faults are retried with backoff and jitter",
         "task retries without jitter",
         TASKS,
-        '    task_run_name="extract {spec.label}",',
-        '    task_run_name="extract {spec.label}",\n    retry_jitter_factor=None,',
+        '    task_run_name="extract {job.spec.label}",',
+        '    task_run_name="extract {job.spec.label}",\n    retry_jitter_factor=None,',
         (T + "integration/test_flow.py::test_task_retries_wait_longer_each_time_with_jitter",),
     ),
     Mutation(
@@ -233,7 +234,7 @@ MUTATIONS = (
         "no-total-check",
         "X-Total-Count disagreeing with the pages fails the run",
         "the totals are not checked",
-        PIPELINE,
+        ASSEMBLE,
         "        if total is not None and rows != total:",
         "        if False:",
         (
@@ -314,8 +315,9 @@ MUTATIONS = (
         "Nothing is written outside the output dir",
         "output names are not checked (local and object-store staging)",
         STAGING,
-        _NAME_CHECK + "        if not self.directory.exists():",
-        "        if not self.directory.exists():",
+        _NAME_CHECK
+        + '        return str(self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}")',
+        '        return str(self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}")',
         (
             T + "unit/test_staging.py::test_staging_rejects_names_that_could_escape_the_directory",
             T
@@ -324,8 +326,8 @@ MUTATIONS = (
         also=(
             (
                 STAGING,
-                _NAME_CHECK + '        path = f"{self._staging_folder()}/{key}{suffix}"',
-                '        path = f"{self._staging_folder()}/{key}{suffix}"',
+                _NAME_CHECK + '        return f"{self._staging_folder()}/{key}{suffix}"',
+                '        return f"{self._staging_folder()}/{key}{suffix}"',
             ),
         ),
     ),
@@ -406,7 +408,7 @@ MUTATIONS = (
         "cached-chunk-check",
         "A damaged cached page is fetched again, never trusted",
         "chunks served from Prefect's cache are reused without checking their pages",
-        PIPELINE,
+        TRANSPORT,
         "        if not numbers <= done.keys() or any(book.check(done[n]) for n in sorted(numbers)):",
         "        if not all(cache.exists(book.file(n, t)) for n in numbers for t in book.tables):",
         (
@@ -432,8 +434,8 @@ MUTATIONS = (
         "A run that crashes notifies",
         "no on_crashed hook",
         "src/placeholder_etl/flow.py",
-        "    on_crashed=[notify_failure],\n",
-        "",
+        ", on_crashed=[notify_failure])",
+        ")",
         (T + "integration/test_notify.py::test_a_crashed_run_posts_one_message",),
     ),
 )

@@ -1,14 +1,24 @@
 """Where the tasks run: threads, a LocalCluster, an existing scheduler, or Saturn Cloud's cluster.
 
 :func:`make_task_runner` turns the ``cluster`` settings and the run's size into a task runner;
+:func:`task_runner_for` starts it inside the flow run, once the records are counted, and
 :func:`check_workers` makes sure every worker can import this package before any task is sent
 (a worker without it would otherwise fail with a deep deserialisation error).
+
+The runner is used directly, as a context manager inside the flow run (``runner.map(task,
+parameters)``): Prefect's ``ThreadPoolTaskRunner`` copies the caller's context and
+prefect-dask's client serialises it, so the task runs belong to the flow run as if the flow's
+own runner had submitted them. The flow's own runner (Prefect's default thread pool) runs only
+the count.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from placeholder_etl.core.errors import PermanentError
@@ -21,12 +31,12 @@ __all__ = [
     "PROCESSES_FROM_RECORDS",
     "WorkerSetupError",
     "check_workers",
-    "cluster_threads",
     "dashboard_link",
     "dask_runner_kwargs",
     "local_cluster_kwargs",
-    "make_task_runner",
+    "task_runner_for",
     "use_processes",
+    "warm_up_in_background",
 ]
 
 PACKAGE = "placeholder_etl"
@@ -64,6 +74,48 @@ def make_task_runner(cluster: ClusterSettings, records: int | None = None) -> Ta
     export_api_url()
     quiet_dask_logs()
     return DaskTaskRunner(**dask_runner_kwargs(cluster, records))
+
+
+@contextmanager
+def task_runner_for(
+    cluster: ClusterSettings, totals: Mapping[str, int | None]
+) -> Iterator[tuple[TaskRunner[Any], int]]:
+    """Start the task runner for a run of this size; on Dask, start and check the cluster.
+
+    Yields:
+        The runner, and its task slots: the cluster's worker threads (Dask) or the thread
+        pool's size.
+    """
+    from prefect import get_run_logger
+
+    known = None not in totals.values()
+    records = sum(t for t in totals.values() if t is not None) if known else None
+    with make_task_runner(cluster, records) as runner:
+        client = getattr(runner, "client", None)  # a DaskTaskRunner starts its cluster here
+        if client is None:
+            yield runner, cluster.slots
+            return
+        workers = check_workers(client)
+        get_run_logger().info(
+            "Dask cluster: %d workers, %d threads, dashboard %s",
+            len(workers),
+            cluster_threads(client),
+            dashboard_link(client),
+        )
+        yield runner, cluster_threads(client)
+
+
+def warm_up_in_background(cluster: ClusterSettings) -> None:
+    """Pay one-time costs while the records are counted: Arrow's first page, Dask's import."""
+
+    def warm_up() -> None:
+        from placeholder_etl.core import fastpath
+
+        fastpath.warm_up()
+        if cluster.runner == "dask":
+            import prefect_dask  # noqa: F401
+
+    threading.Thread(target=warm_up, daemon=True, name="warm-up").start()
 
 
 def quiet_dask_logs() -> None:

@@ -25,6 +25,7 @@ from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.settings import environment
 from placeholder_etl.core.staging import atomic_write
+from placeholder_etl.core.text import duration, size
 from placeholder_etl.core.transform import ACTIVITY_COLUMNS
 
 if TYPE_CHECKING:
@@ -140,32 +141,14 @@ def _when(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _duration(seconds: float) -> str:
-    """``2.8 s``, ``12 min 3 s``, ``2 h 5 min``."""
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {rest} s"
-    return f"{minutes // 60} h {minutes % 60} min"
-
-
-def _size(count: int) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if count < 1024 or unit == "GiB":
-            return f"{count:,} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
-        count /= 1024
-    raise AssertionError("unreachable")
-
-
 def headline(manifest: Manifest) -> str:
     """The run at a glance, as Markdown: where from, when, how long, retries, cache hits, and
     the rows of every table."""
     timings = manifest.timings
     workers = len(manifest.workers)
-    duration = (
-        f"{_duration(timings.total_s)}: counting {_duration(timings.count_s)}, "
-        f"extracting {_duration(timings.extract_s)}, loading {_duration(timings.load_s)}"
+    took = (
+        f"{duration(timings.total_s)}: counting {duration(timings.count_s)}, "
+        f"extracting {duration(timings.extract_s)}, loading {duration(timings.load_s)}"
     )
     pages = f"{manifest.pages:,} in {manifest.chunks:,} tasks on {workers} worker" + (
         "s" if workers != 1 else ""
@@ -174,7 +157,7 @@ def headline(manifest: Manifest) -> str:
         ("Source", manifest.source),
         ("Resources", ", ".join(manifest.resources)),
         ("Started", f"{_when(manifest.started)} (files stamped `{manifest.created}`)"),
-        ("Duration", duration),
+        ("Duration", took),
         ("Pages", pages),
         ("Retries", f"{manifest.retries:,} request retries"),
         (
@@ -191,7 +174,7 @@ def headline(manifest: Manifest) -> str:
     lines += [f"| **{name}** | {value} |" for name, value in facts]
     lines += ["", "| table | rows | size | file |", "| --- | ---: | ---: | --- |"]
     lines += [
-        f"| {name} | {info.rows:,} | {_size(info.bytes)} | `{info.file}` |"
+        f"| {name} | {info.rows:,} | {size(info.bytes)} | `{info.file}` |"
         for name, info in manifest.tables.items()
     ]
     return "\n".join(lines)

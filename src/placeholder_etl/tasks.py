@@ -1,10 +1,12 @@
-"""The flow's Prefect tasks: thin wrappers of :mod:`placeholder_etl.core.pipeline` steps.
+"""The flow's Prefect tasks: thin wrappers of the core's steps, and the run's artifacts.
 
 Tasks pass references (paths, counts), never records or DataFrames: Prefect builds cache keys
 from task inputs and records them, so the heavy data stays inside the task that made it.
-The cache key of a chunk is what decides its data — the API, the pages, the page size and
-paging, the cache folder and the formula setting — never how patiently it is fetched
-(timeouts, retries, requests in flight).
+A chunk task takes two arguments: its :class:`~placeholder_etl.core.results.ChunkJob`, what
+decides its rows (the API, the pages, page size and paging, the cache folder, the formula
+setting), which is its cache key; and a
+:class:`~placeholder_etl.core.results.FetchPolicy`, how patiently they are fetched (timeouts,
+retries, requests in flight), left out of the key by its name, :data:`NOT_IN_CACHE_KEY`.
 """
 
 from __future__ import annotations
@@ -17,33 +19,42 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
-from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.runtime import flow_run
 from prefect.tasks import exponential_backoff
 
-from placeholder_etl.core import pipeline
+from placeholder_etl.core.assemble import assemble_tables
 from placeholder_etl.core.errors import is_transient
+from placeholder_etl.core.extract import extract_chunk
+from placeholder_etl.core.plan import check_plan, count_records
+from placeholder_etl.core.prepare import cache_store
 from placeholder_etl.core.redact import (
     install_log_redaction,
     redact,
     register_secret,
     register_url_secrets,
 )
-from placeholder_etl.core.results import ChunkResult, ChunkSpec, RunResult, StagedTable
+from placeholder_etl.core.results import ChunkJob, ChunkResult, FetchPolicy, RunResult, StagedTable
 from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging, environment
 from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.tables import Format
+from placeholder_etl.core.text import duration, plural, size
+from placeholder_etl.core.transport import ship_parts
 
 __all__ = [
+    "NOT_IN_CACHE_KEY",
     "assemble_tables_task",
     "count_records_task",
     "extract_chunk_task",
     "guard_secrets",
-    "publish",
+    "leave_artifacts",
     "render_report_task",
     "task_options",
 ]
+
+#: The chunk task's argument that is not part of its cache key (how pages are fetched).
+NOT_IN_CACHE_KEY = "how"
 
 
 class _ThreadTimeoutNotice(logging.Filter):
@@ -113,43 +124,36 @@ def count_records_task(
     max_records: int | None = None,
 ) -> dict[str, int | None]:
     """How many records each resource has (None when the server does not say); a total
-    above ``max_records`` fails the task (:func:`~placeholder_etl.core.pipeline.check_plan`)."""
+    above ``max_records`` fails the task (:func:`~placeholder_etl.core.plan.check_plan`)."""
     guard_secrets(api_url)
-    totals = pipeline.count_records(api_url, resources, client, paging)
+    totals = count_records(api_url, resources, client, paging)
     for resource, total in totals.items():
         get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
     if max_records is not None:
-        pipeline.check_plan(totals, max_records)
+        check_plan(totals, max_records)
     return totals
 
 
 @task(
     name="extract-chunk",
-    task_run_name="extract {spec.label}",
+    task_run_name="extract {job.spec.label}",
     # how patiently pages are fetched does not change what a chunk holds: not in its key
-    cache_policy=(INPUTS - "client" - "in_flight" - "max_age" - "flow_host") + TASK_SOURCE,
+    cache_policy=(INPUTS - NOT_IN_CACHE_KEY) + TASK_SOURCE,
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_if_transient,
     timeout_seconds=600,
 )
-def extract_chunk_task(
-    spec: ChunkSpec,
-    cache_url: str,
-    keep_formulas: bool,
-    client: ClientSettings,
-    in_flight: int,
-    max_age: float | None,
-    flow_host: str,
-) -> ChunkResult:
+def extract_chunk_task(job: ChunkJob, how: FetchPolicy) -> ChunkResult:
     """Fetch a chunk of pages, each durable once checked; returns paths and counts.
 
     On a worker on another machine than the flow, with a local cache, the rows travel back
-    compressed in the result (:func:`placeholder_etl.core.pipeline.ship_parts`).
+    compressed in the result (:func:`placeholder_etl.core.transport.ship_parts`).
     """
+    spec = job.spec
     guard_secrets(spec.api_url)
     started = time.perf_counter()
-    cache = pipeline.cache_store(cache_url)
-    result = pipeline.extract_chunk(spec, cache, client, in_flight, keep_formulas, max_age)
+    cache = cache_store(job.cache_url)
+    result = extract_chunk(spec, cache, how.client, how.in_flight, job.keep_formulas, how.max_age)
     for number, damage in result.pages_damaged.items():
         get_run_logger().warning(
             "%s page %d: cached copy %s, fetching again", spec.resource, number, damage
@@ -167,7 +171,7 @@ def extract_chunk_task(
         result.worker,
     )
     result = result.model_copy(update={"flow_run_id": str(flow_run.get_id())})
-    return pipeline.ship_parts(result, cache, flow_host)
+    return ship_parts(result, cache, how.flow_host)
 
 
 @task(name="assemble-tables", cache_policy=NO_CACHE)
@@ -185,8 +189,7 @@ def assemble_tables_task(
     What was staged is returned (the commit's argument): the staging object this task got
     is a copy when it runs on a Dask worker.
     """
-    cache = pipeline.cache_store(cache_url)
-    return pipeline.assemble_tables(resources, results, cache, staging, fmt)
+    return assemble_tables(resources, results, cache_store(cache_url), staging, fmt)
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
@@ -195,7 +198,7 @@ def render_report_task(result: RunResult) -> RunResult:
 
     A failure is logged and returned as ``report_error``; it never undoes the load.
     """
-    from placeholder_etl.report import render_report
+    from placeholder_etl.report import headline, render_report
 
     if "://" in result.output_dir or result.manifest.format != "csv":
         message = "the run report reads a local CSV output; none was rendered"
@@ -206,47 +209,59 @@ def render_report_task(result: RunResult) -> RunResult:
     except Exception as exc:  # noqa: BLE001 - report problems must not fail a good load
         get_run_logger().error("report failed: %s", exc)
         return result.model_copy(update={"report_error": str(exc)})
-    create_link_artifact(
+    # a file:// link would not open from the UI's http(s) page: the figures and the full path
+    create_markdown_artifact(
         key="placeholder-etl-report",
-        link=path.as_uri(),
-        link_text=path.name,
-        description="The run report (HTML, rendered from notebooks/05-run-report.ipynb)",
+        description="The run report: its headline, and where the HTML is",
+        markdown=redact(f"{headline(result.manifest)}\n\n**Report**: `{path}`"),
     )
     get_run_logger().info("report: %s", path)
     return result.model_copy(update={"report_file": str(path)})
 
 
-def publish(result: RunResult) -> None:
+def leave_artifacts(result: RunResult) -> None:
     """Log the tables written and leave a table and a markdown artifact on the flow run."""
     manifest = result.manifest
     rows = [
-        {"table": name, "file": info.file, "rows": info.rows, "bytes": info.bytes}
+        {"table": name, "file": info.file, "rows": f"{info.rows:,}", "size": size(info.bytes)}
         for name, info in manifest.tables.items()
     ]
+    # the source in code style: a bundled API is gone after the run, so no link to it
+    source = redact(f"`{manifest.source}`")
     create_table_artifact(
         key="placeholder-etl-tables",
         table=rows,
-        description=redact(f"Tables written from {manifest.source}"),
+        description=f"Tables written from {source}, stamped {manifest.created}",
     )
-    lines = [f"| `{r['table']}` | `{r['file']}` | {r['rows']:,} |" for r in rows]
-    timings = ", ".join(f"{k} {v:.2f} s" for k, v in manifest.timings.model_dump().items())
+    timings = manifest.timings
     create_markdown_artifact(
         key="placeholder-etl-summary",
+        description="What the run fetched and wrote, and where",
         markdown=redact(
             "\n".join(
                 [
                     f"# placeholder-etl run `{manifest.created}`",
                     (
-                        f"Source: {manifest.source}; {manifest.pages} pages in "
-                        f"{manifest.chunks} tasks ({manifest.cached_chunks} from cache), "
-                        f"{manifest.retries} retries."
+                        f"From {source}: {plural(manifest.pages, 'page')} in "
+                        f"{plural(manifest.chunks, 'task')} ({manifest.cached_chunks:,} from "
+                        f"cache, {manifest.pages_reused:,} pages reused), "
+                        f"{plural(manifest.retries, 'retry', 'retries')}."
                     ),
                     "",
-                    "| table | file | rows |",
-                    "| --- | --- | ---: |",
-                    *lines,
+                    "| table | file | rows | size |",
+                    "| --- | --- | ---: | ---: |",
+                    *(
+                        f"| {r['table']} | `{r['file']}` | {r['rows']} | {r['size']} |"
+                        for r in rows
+                    ),
                     "",
-                    f"Timings: {timings}. Manifest: `{result.manifest_file}`.",
+                    (
+                        f"Took {duration(timings.total_s)}: counting "
+                        f"{duration(timings.count_s)}, extracting {duration(timings.extract_s)}, "
+                        f"assembling and committing {duration(timings.load_s)}."
+                    ),
+                    "",
+                    f"Manifest: `{result.manifest_file}`",
                 ]
             )
         ),

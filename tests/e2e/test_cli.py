@@ -260,6 +260,21 @@ def test_the_run_the_cli_names_carries_its_artifacts_and_progress(tmp_path) -> N
     by_key = {a.key: a for a in artifacts}
     assert {"placeholder-etl-tables", "placeholder-etl-summary"} <= set(by_key)
     assert by_key["placeholder-etl-progress"].data == 100.0
+    # the step after the pages, on the progress artifact and in the log
+    assert by_key["placeholder-etl-progress"].description == "Pages all in; assembling 2 tables"
+    assert "progress: assembling 2 tables" in lines
+    # for people: numbers grouped, sizes in units, steps named, every artifact described
+    tables = by_key["placeholder-etl-tables"]
+    assert json.loads(tables.data)[0]["rows"] == "300"
+    assert re.fullmatch(r"[\d.,]+ (bytes|KiB)", json.loads(tables.data)[0]["size"])
+    assert tables.description == f"Tables written from `{server.url}`, stamped " + (
+        next(out.glob("manifest_*.json")).stem.removeprefix("manifest_")
+    )
+    summary = by_key["placeholder-etl-summary"].data
+    assert "From `http://127.0.0.1:" in summary  # code, not a link to a server that is gone
+    assert "30 pages in 4 tasks" in summary  # 2 slots: about two tasks each
+    assert re.search(r"Took [\d.]+ s: counting [\d.]+ s, extracting [\d.]+ s, assembling", summary)
+    assert all(a.description for a in artifacts), [a.key for a in artifacts]
 
 
 def test_every_request_in_flight_has_a_pooled_connection(tmp_path) -> None:

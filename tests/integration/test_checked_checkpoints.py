@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from placeholder_etl.core import pipeline
+from placeholder_etl.core.extract import extract_chunk
 from placeholder_etl.core.pages import PageBook
 from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
@@ -49,19 +49,19 @@ def test_a_chunk_fetches_its_damaged_pages_again(api, tmp_path) -> None:
     spec = ChunkSpec(
         api_url=api.url, resource="users", first_page=1, last_page=5, page_size=5, total=25
     )
-    first = pipeline.extract_chunk(spec, cache)
+    first = extract_chunk(spec, cache)
     parts = {t: [Path(p).read_bytes() for p in paths] for t, paths in first.parts.items()}
     damage(PageBook.of(cache, spec, False))
     api.reset_stats()
 
-    again = pipeline.extract_chunk(spec, cache)
+    again = extract_chunk(spec, cache)
     assert again.pages_damaged == {2: "damaged", 3: "damaged", 5: "missing"}
     assert (again.pages, again.pages_reused, again.rows) == (5, 2, 25)
     assert fetched_pages(api) == [2, 3, 5]
     assert {t: [Path(p).read_bytes() for p in paths] for t, paths in again.parts.items()} == parts
 
     api.reset_stats()
-    third = pipeline.extract_chunk(spec, cache)  # whole again: reused, nothing said
+    third = extract_chunk(spec, cache)  # whole again: reused, nothing said
     assert (third.pages_reused, third.pages_damaged, fetched_pages(api)) == (5, {}, [])
 
 

@@ -51,6 +51,21 @@ def test_users_csv_equals_the_seed_transform(api, tmp_path, cache_dir, runner) -
     flat = pd.read_csv(out / manifest.tables["users_flat"].file)
     assert flat["id"].tolist() == list(range(1, 26))
     assert flat["address_geo_lat"].dtype == "float64"
+    # the runner started inside the run: its task runs belong to the flow run, completed
+    tasks = _task_runs(manifest.flow_run_id)
+    extracts = sorted(t.name for t in tasks if t.name.startswith("extract "))
+    assert extracts == ["extract users p1-1", "extract users p2-2", "extract users p3-3"]
+    assert {t.state_name for t in tasks} == {"Completed"}
+
+
+def _task_runs(flow_run_id: str | None) -> list:
+    """The task runs the Prefect API records for a flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        only = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        return client.read_task_runs(flow_run_filter=only)
 
 
 def test_all_resources_and_the_activity_summary(tmp_path, cache_dir) -> None:

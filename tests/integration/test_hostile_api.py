@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from placeholder_etl.core.pipeline import extract_chunk, plan_chunks
+from placeholder_etl.core.extract import extract_chunk
+from placeholder_etl.core.plan import plan_chunks
 from placeholder_etl.core.settings import ClientSettings
 from placeholder_etl.core.store import Store
 from tests.helpers import run_etl, run_logs

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from placeholder_etl.core import pipeline
+from placeholder_etl.core import extract
+from placeholder_etl.core.extract import extract_chunk, render_page
 from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
 
@@ -12,15 +13,15 @@ def test_a_chunk_freezes_old_objects_only_while_it_runs(api, tmp_path, monkeypat
     import gc
 
     frozen_while_writing: list[int] = []
-    render = pipeline.render_page
+    render = render_page
 
     def spy(*args, **kwargs):
         frozen_while_writing.append(gc.get_freeze_count())
         return render(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "render_page", spy)
+    monkeypatch.setattr(extract, "render_page", spy)
     spec = ChunkSpec(api_url=api.url, resource="users", first_page=1, last_page=2, page_size=5)
-    result = pipeline.extract_chunk(spec, Store.open(str(tmp_path / "cache")))
+    result = extract_chunk(spec, Store.open(str(tmp_path / "cache")))
     assert result.rows == 10
     assert frozen_while_writing
     assert min(frozen_while_writing) > 0

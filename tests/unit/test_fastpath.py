@@ -22,8 +22,8 @@ import pytest
 from placeholder_api.fakedata import make_records
 from placeholder_etl.core.client import RawPage
 from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.extract import _checked_page
 from placeholder_etl.core.fastpath import PageTables, page_tables
-from placeholder_etl.core.pipeline import _checked_page
 from placeholder_etl.core.rows import FORMULA_PREFIXES
 
 

@@ -13,11 +13,12 @@ import orjson
 import pytest
 
 from placeholder_api.fakedata import make_records
-from placeholder_etl.core import pipeline
 from placeholder_etl.core.client import RawPage
+from placeholder_etl.core.extract import render_page
 from placeholder_etl.core.pages import Done, PageBook, checksum, count_done, page_number
 from placeholder_etl.core.results import ChunkResult, ChunkSpec
 from placeholder_etl.core.store import Store
+from placeholder_etl.core.transport import parts_damaged
 
 URL = "http://api.test"
 
@@ -34,7 +35,7 @@ def write_pages(book: PageBook, numbers: range) -> dict[int, Done]:
     for number in numbers:
         records = make_records("users", 10 * number - 9, 10 * number + 1, 0)
         raw = RawPage("users", number, f"{URL}/users", "users", orjson.dumps(records), "", 3, 0)
-        done[number] = book.write(number, pipeline.render_page(raw))
+        done[number] = book.write(number, render_page(raw))
     return done
 
 
@@ -125,10 +126,10 @@ def test_cached_chunk_results_are_checked_like_pages(tmp_path, book) -> None:
         worker="here",
     )
     cache = book.store
-    assert not pipeline.parts_damaged(result, cache)
+    assert not parts_damaged(result, cache)
     flip(Path(book.file(2, "users_flat")))
-    assert pipeline.parts_damaged(result, cache)
+    assert parts_damaged(result, cache)
     write_pages(book, range(2, 3))
-    assert not pipeline.parts_damaged(result, cache)
+    assert not parts_damaged(result, cache)
     Path(book.file(3, "users")).unlink()
-    assert pipeline.parts_damaged(result, cache)
+    assert parts_damaged(result, cache)

@@ -17,11 +17,20 @@ import pandas as pd
 import pytest
 
 from placeholder_api.fakedata import make_record, make_records
-from placeholder_etl.core import pipeline
+from placeholder_etl.core.assemble import (
+    _in_order,
+    assemble_tables,
+    check_totals,
+    unordered_resources,
+)
 from placeholder_etl.core.client import RawPage
 from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.extract import _checked_page, render_page
 from placeholder_etl.core.fastpath import page_tables
+from placeholder_etl.core.manifest import build_manifest, commit
 from placeholder_etl.core.pages import PageBook, expire
+from placeholder_etl.core.plan import auto_pages_per_chunk, check_plan, plan_chunks, total_pages
+from placeholder_etl.core.prepare import output_staging, run_cache
 from placeholder_etl.core.resources import resolve_resources
 from placeholder_etl.core.results import (
     ChunkResult,
@@ -34,6 +43,7 @@ from placeholder_etl.core.results import (
 from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.store import Store, StoreError
 from placeholder_etl.core.tables import table_header, write_table
+from placeholder_etl.core.transport import parts_damaged, receive_parts, ship_parts
 
 URL = "http://api.test"
 
@@ -110,7 +120,7 @@ def test_unknown_or_no_resources_are_refused_by_name() -> None:
 
 
 def test_chunks_cover_every_page_once_in_order() -> None:
-    chunks = pipeline.plan_chunks(URL, {"users": 25, "posts": 0, "todos": 41}, 10, 2, "start")
+    chunks = plan_chunks(URL, {"users": 25, "posts": 0, "todos": 41}, 10, 2, "start")
     assert [(c.resource, c.first_page, c.last_page) for c in chunks] == [
         ("users", 1, 2),
         ("users", 3, 3),
@@ -123,7 +133,7 @@ def test_chunks_cover_every_page_once_in_order() -> None:
 
 
 def test_an_unknown_total_is_one_open_chunk() -> None:
-    (chunk,) = pipeline.plan_chunks(URL, {"users": None}, 10, 3)
+    (chunk,) = plan_chunks(URL, {"users": None}, 10, 3)
     assert (chunk.first_page, chunk.last_page, chunk.label) == (1, None, "users p1-…")
     assert chunk.total is None
 
@@ -131,33 +141,33 @@ def test_an_unknown_total_is_one_open_chunk() -> None:
 @pytest.mark.parametrize(("size", "per"), [(0, 1), (1, 0)])
 def test_plan_refuses_empty_pages_or_chunks(size, per) -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        pipeline.plan_chunks(URL, {"users": 5}, size, per)
+        plan_chunks(URL, {"users": 5}, size, per)
 
 
 def test_a_plan_beyond_max_records_is_refused_naming_the_resource() -> None:
-    pipeline.check_plan({"users": 10, "posts": None, "todos": 10_000_000}, 10_000_000)
+    check_plan({"users": 10, "posts": None, "todos": 10_000_000}, 10_000_000)
     with pytest.raises(
         PermanentError,
         match=r"^posts: the API reports 10,000,001 records \(X-Total-Count\), more than "
         r"--max-records 10,000,000; nothing was fetched",
     ):
-        pipeline.check_plan({"users": 10, "posts": 10_000_001}, 10_000_000)
+        check_plan({"users": 10, "posts": 10_000_001}, 10_000_000)
 
 
 def test_only_an_open_ended_chunk_is_bounded_by_max_records() -> None:
-    known, unknown = pipeline.plan_chunks(URL, {"users": 25, "posts": None}, 10, 5, max_records=95)
+    known, unknown = plan_chunks(URL, {"users": 25, "posts": None}, 10, 5, max_records=95)
     assert (known.last_page, known.max_pages) == (3, None)
     assert (unknown.last_page, unknown.max_pages) == (None, 10)  # 95 records: 10 pages
-    (unbounded,) = pipeline.plan_chunks(URL, {"posts": None}, 10, 5)
+    (unbounded,) = plan_chunks(URL, {"posts": None}, 10, 5)
     assert unbounded.max_pages is None
 
 
 def test_pages_and_pages_per_task() -> None:
     totals = {"users": 25, "posts": 250, "todos": None}
-    assert pipeline.total_pages(totals, 10) == 3 + 25
-    assert pipeline.auto_pages_per_chunk(totals, 10, 2) == 7  # 28 pages, two tasks per slot
-    assert pipeline.auto_pages_per_chunk(totals, 10, 0) == 28  # no slots: one task
-    assert pipeline.auto_pages_per_chunk({"users": 1}, 10, 8) == 1
+    assert total_pages(totals, 10) == 3 + 25
+    assert auto_pages_per_chunk(totals, 10, 2) == 7  # 28 pages, two tasks per slot
+    assert auto_pages_per_chunk(totals, 10, 0) == 28  # no slots: one task
+    assert auto_pages_per_chunk({"users": 1}, 10, 8) == 1
 
 
 def test_page_checkpoints_are_kept_apart_by_every_setting_that_decides_their_rows(
@@ -190,7 +200,7 @@ def test_page_checkpoints_are_kept_apart_by_every_setting_that_decides_their_row
     assert spec(first=3, last=8).label == "users p3-8"
 
     # a page checkpointed for one version is seen by every chunk of it, and by no other
-    book.write(1, pipeline.render_page(raw_page("users", users_page(1))))
+    book.write(1, render_page(raw_page("users", users_page(1))))
     assert set(PageBook.of(cache, spec(first=1, last=3), False).done()) == {1}
     assert all(other.done() == {} for other in books[1:])
 
@@ -203,8 +213,8 @@ def test_checkpoints_older_than_the_cache_window_are_not_reused(tmp_path) -> Non
 
     hour_ago = time.time() - 3600
     for number in (1, 2):
-        users.write(number, pipeline.render_page(raw_page("users", users_page(number), number)))
-    posts.write(1, pipeline.render_page(raw_page("posts", make_records("posts", 1, 11, 0))))
+        users.write(number, render_page(raw_page("users", users_page(number), number)))
+    posts.write(1, render_page(raw_page("posts", make_records("posts", 1, 11, 0))))
     for path in Path(users.folder).iterdir():
         os.utime(path, (hour_ago, hour_ago))
     assert set(users.done()) == {1, 2}  # no window: every checkpoint
@@ -212,7 +222,7 @@ def test_checkpoints_older_than_the_cache_window_are_not_reused(tmp_path) -> Non
     assert users.done(max_age=1800) == {}
     assert set(posts.done(max_age=1800)) == {1}
 
-    users.write(3, pipeline.render_page(raw_page("users", users_page(3), 3)))
+    users.write(3, render_page(raw_page("users", users_page(3), 3)))
     assert set(users.done(max_age=1800)) == {3}  # only the fresh page among old ones
     assert expire(cache, 1800) == []  # the version has a fresh page: kept
     for path in Path(users.folder).iterdir():
@@ -236,9 +246,9 @@ def _fast(raw: RawPage, keep_formulas: bool):
 #: path it takes for ordinary pages, and the pydantic path it falls back to. Each must keep
 #: every promise on its own.
 RENDERERS = {
-    "render_page": pipeline.render_page,
+    "render_page": render_page,
     "fastpath": _fast,
-    "checked_page": pipeline._checked_page,
+    "checked_page": _checked_page,
 }
 renderers = pytest.mark.parametrize("render", RENDERERS.values(), ids=RENDERERS.keys())
 
@@ -323,12 +333,12 @@ def test_unordered_parts_are_sorted_and_the_first_occurrence_wins(tmp_path) -> N
 def test_order_is_judged_across_chunks(tmp_path) -> None:
     part = write_part(tmp_path / "p.csv", [1])
     ordered = [result(part, 1, 10), result(part, None, None, rows=0), result(part, 11, 20)]
-    assert pipeline._in_order(ordered)
-    assert not pipeline._in_order([result(part, 1, 10), result(part, 10, 20)])  # a repeat
-    assert not pipeline._in_order([result(part, 11, 20), result(part, 1, 10)])
-    assert not pipeline._in_order([result(part, 1, 10, ordered=False)])
+    assert _in_order(ordered)
+    assert not _in_order([result(part, 1, 10), result(part, 10, 20)])  # a repeat
+    assert not _in_order([result(part, 11, 20), result(part, 1, 10)])
+    assert not _in_order([result(part, 1, 10, ordered=False)])
     mixed = [result(part, 5, 6), result(part, 1, 2), result(part, 1, 2, resource="posts")]
-    assert pipeline.unordered_resources(mixed) == ["users"]
+    assert unordered_resources(mixed) == ["users"]
 
 
 def test_assemble_tables_stages_every_table(tmp_path) -> None:
@@ -337,9 +347,9 @@ def test_assemble_tables_stages_every_table(tmp_path) -> None:
     again = make_record("users", 2, 0) | {"name": "name 2 again"}
     pages = [[make_record("users", n, 0) for n in (3, 1, 2)], [again, make_record("users", 4, 0)]]
     chunks = [checkpointed(cache, spec(first=n, last=n), [page]) for n, page in enumerate(pages, 1)]
-    assert pipeline.unordered_resources(chunks) == ["users"]
+    assert unordered_resources(chunks) == ["users"]
     staging = Staging(tmp_path / "out")
-    tables = pipeline.assemble_tables(["users"], chunks, cache, staging)
+    tables = assemble_tables(["users"], chunks, cache, staging)
     assert set(tables) == {"users", "users_flat"}
     assert tables["users"].rows == tables["users_flat"].rows == 4
     names = [make_record("users", n, 0)["name"] for n in (1, 2, 3, 4)]
@@ -396,7 +406,7 @@ def test_assemble_tables_joins_every_chunks_pages_in_plan_order(tmp_path) -> Non
         ),
     ]
     staging = Staging(tmp_path / "out")
-    tables = pipeline.assemble_tables(["users"], chunks, cache, staging)
+    tables = assemble_tables(["users"], chunks, cache, staging)
     data = Path(staging.staged_path("users")).read_bytes()
     assert data == table_header("users") + b"".join(p.read_bytes() for p in pages)
     assert tables["users"].info == TableInfo(
@@ -407,10 +417,10 @@ def test_assemble_tables_joins_every_chunks_pages_in_plan_order(tmp_path) -> Non
 
 def test_totals_must_match_the_distinct_rows() -> None:
     tables = {"users": TableInfo(rows=25, bytes=1, sha256="x")}
-    pipeline.check_totals({"users": 25}, tables)
-    pipeline.check_totals({"users": None}, tables)
+    check_totals({"users": 25}, tables)
+    check_totals({"users": None}, tables)
     with pytest.raises(PermanentError, match=r"^users: the API reported 26 records .* held 25 "):
-        pipeline.check_totals({"users": 26}, tables)
+        check_totals({"users": 26}, tables)
 
 
 # --------------------------------------------------------------------------- parts on the move
@@ -420,7 +430,7 @@ def checkpointed(cache: Store, chunk: ChunkSpec, pages: list[list[dict]]) -> Chu
     """``chunk`` as ``extract_chunk`` returns it, its pages (these records) checkpointed."""
     book = PageBook.of(cache, chunk, False)
     done = [
-        book.write(number, pipeline.render_page(raw_page(chunk.resource, records, number)))
+        book.write(number, render_page(raw_page(chunk.resource, records, number)))
         for number, records in enumerate(pages, chunk.first_page)
     ]
     rising = all(a.last_id < b.first_id for a, b in itertools.pairwise(done))
@@ -447,56 +457,54 @@ def test_parts_from_another_machine_travel_in_the_result(tmp_path) -> None:
     worker, flow = Store.open(str(tmp_path / "worker")), Store.open(str(tmp_path / "flow"))
     local = users_chunk(worker, 1, 2)
     pages = {t: b"".join(Path(p).read_bytes() for p in paths) for t, paths in local.parts.items()}
-    assert pipeline.ship_parts(local, worker, socket.gethostname()) is local  # same machine
-    shipped = pipeline.ship_parts(local, worker, flow_host="elsewhere")
+    assert ship_parts(local, worker, socket.gethostname()) is local  # same machine
+    shipped = ship_parts(local, worker, flow_host="elsewhere")
     assert shipped.packed is not None
     assert set(shipped.packed) == {"users", "users_flat"}
-    received = pipeline.receive_parts(shipped, flow)
+    received = receive_parts(shipped, flow)
     assert received.packed is None
     for table, paths in received.parts.items():
         (path,) = paths  # one file per table per chunk, the pages joined in page order
         assert Path(path).read_bytes() == pages[table]
         assert Path(path).parent == tmp_path / "flow" / "received" / "users"
-    assert not pipeline.parts_damaged(received, flow)
+    assert not parts_damaged(received, flow)
 
     # another chunk of the same resource gets files of its own
-    other = pipeline.receive_parts(
-        pipeline.ship_parts(users_chunk(worker, 3, 3), worker, "elsewhere"), flow
-    )
+    other = receive_parts(ship_parts(users_chunk(worker, 3, 3), worker, "elsewhere"), flow)
     assert not set(other.parts["users"]) & set(received.parts["users"])
     staging = Staging(tmp_path / "out")
-    tables = pipeline.assemble_tables(["users"], [received, other], flow, staging)
+    tables = assemble_tables(["users"], [received, other], flow, staging)
     assert tables["users"].rows == 30
     lines = Path(staging.staged_path("users")).read_text().splitlines()[1:]
     assert [int(line.split(",")[0]) for line in lines] == list(range(1, 31))
 
     Path(received.parts["users"][0]).unlink()
-    assert pipeline.parts_damaged(received, flow)
-    assert pipeline.receive_parts(local, flow) is local
+    assert parts_damaged(received, flow)
+    assert receive_parts(local, flow) is local
 
 
 def test_workers_writing_to_an_object_store_return_paths_only(tmp_path) -> None:
     store = Store.open("memory://placeholder-etl-test/cache")
     try:
         remote = users_chunk(store, 1, 1)
-        assert pipeline.ship_parts(remote, store, flow_host="elsewhere") is remote
-        assert not pipeline.parts_damaged(remote, store)
+        assert ship_parts(remote, store, flow_host="elsewhere") is remote
+        assert not parts_damaged(remote, store)
     finally:
         store.remove(store.root, recursive=True)
 
 
 def test_the_run_cache_is_shared_or_the_runs_own_and_removed(tmp_path) -> None:
     cache = Store.open(str(tmp_path))
-    with pipeline.run_cache(cache, True, "r1") as shared:
+    with run_cache(cache, True, "r1") as shared:
         assert shared is cache
         shared.put(shared.path("pages", "x.csv"), b"1\n")
-    with pipeline.run_cache(cache, False, "r2") as own:
+    with run_cache(cache, False, "r2") as own:
         assert Path(own.root) == tmp_path / "runs" / "run-r2"
         own.put(own.path("pages", "x.csv"), b"1\n")
         assert (tmp_path / "runs" / "run-r2" / "pages" / "x.csv").exists()
     assert not (tmp_path / "runs" / "run-r2").exists()
     with pytest.raises(RuntimeError):  # noqa: PT012 - the run fails inside the block
-        with pipeline.run_cache(cache, False, "r3") as failed:
+        with run_cache(cache, False, "r3") as failed:
             failed.put(failed.path("pages", "x.csv"), b"1\n")
             raise RuntimeError("the run failed")
     assert not (tmp_path / "runs" / "run-r3").exists()
@@ -505,24 +513,24 @@ def test_the_run_cache_is_shared_or_the_runs_own_and_removed(tmp_path) -> None:
 
 def test_output_staging_is_absolute_and_refuses_a_file(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    staging = pipeline.output_staging("out")
+    staging = output_staging("out")
     assert isinstance(staging, Staging)
     assert staging.directory == tmp_path / "out"
-    assert pipeline.output_staging(f"file://{tmp_path}/out").directory == tmp_path / "out"
+    assert output_staging(f"file://{tmp_path}/out").directory == tmp_path / "out"
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
-        pipeline.output_staging("file")
-    remote = pipeline.output_staging("memory://placeholder-etl-test/out")
+        output_staging("file")
+    remote = output_staging("memory://placeholder-etl-test/out")
     assert isinstance(remote, ObjectStaging)
     assert remote.store.root == "/placeholder-etl-test/out"
     with pytest.raises(StoreError, match="nosuch://x"):
-        pipeline.output_staging("nosuch://x")
+        output_staging("nosuch://x")
     assert not (tmp_path / "out").exists()  # nothing is written before the commit
 
 
 @pytest.mark.parametrize("output", ["out", "memory://placeholder-etl-test/names"])
 def test_either_staging_refuses_names_that_could_escape_the_output(tmp_path, output) -> None:
-    staging = pipeline.output_staging(str(tmp_path / output) if "://" not in output else output)
+    staging = output_staging(str(tmp_path / output) if "://" not in output else output)
     for bad in ("../users", "a/b", ".hidden", "x y"):
         with pytest.raises(ValueError, match="letters, digits and underscores"):
             staging.open_table(bad).__enter__()
@@ -545,7 +553,7 @@ def test_the_manifest_records_the_run_and_is_written_last(tmp_path) -> None:
         result(part, 1, 5, resource="posts", rows=5, flow_run_id=None),
     ]
     tables = {"users": TableInfo(rows=5, bytes=10, sha256="abc")}
-    manifest = pipeline.build_manifest(
+    manifest = build_manifest(
         api_url="http://u:pw@api.test",
         resources=["users", "posts"],
         results=results,
@@ -573,7 +581,7 @@ def test_the_manifest_records_the_run_and_is_written_last(tmp_path) -> None:
             path=staging.staged_path("users"), suffix=".csv", rows=1, bytes=5, sha256="abc"
         )
     }
-    committed = pipeline.commit(staging, staged, manifest, started=0.0)
+    committed = commit(staging, staged, manifest, started=0.0)
     stamp = committed.created
     assert committed.tables["users"].file == f"users_{stamp}.csv"
     assert committed.timings.total_s > 6  # perf_counter since 0.0
@@ -586,7 +594,7 @@ def test_the_manifest_records_the_run_and_is_written_last(tmp_path) -> None:
 
 
 def test_a_parquet_run_names_its_files_by_the_format(tmp_path) -> None:
-    manifest = pipeline.build_manifest(
+    manifest = build_manifest(
         api_url=URL,
         resources=["users"],
         results=[result(write_part(tmp_path / "p.csv", [1, 2]), 1, 2)],
@@ -601,6 +609,6 @@ def test_a_parquet_run_names_its_files_by_the_format(tmp_path) -> None:
         handle.write(b"PAR1")
     path = staging.staged_path("users", ".parquet")
     staged = {"users": StagedTable(path=path, suffix=".parquet", rows=2, bytes=4, sha256="abc")}
-    committed = pipeline.commit(staging, staged, manifest, started=0.0)
+    committed = commit(staging, staged, manifest, started=0.0)
     assert committed.tables["users"].file == f"users_{committed.created}.parquet"
     assert (tmp_path / "out" / committed.tables["users"].file).read_bytes() == b"PAR1"

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from placeholder_etl.core import pipeline
+from placeholder_etl.core import manifest as run_manifest
+from placeholder_etl.core.manifest import build_manifest
 from placeholder_etl.core.names import stamp_order
 from placeholder_etl.core.results import ChunkResult, ChunkSpec, Manifest, StagedTable, Timings
 from placeholder_etl.core.staging import Staging
@@ -40,7 +41,7 @@ def commit(out: Path, tables: dict[str, bytes], rows: dict[str, int], fmt: str =
         spec=spec, pages=1, rows=3, parts={}, first_id=1, last_id=3, ordered=True, retries=0,
         worker="here",
     )  # fmt: skip
-    manifest = pipeline.build_manifest(
+    manifest = build_manifest(
         api_url="http://api.test",
         resources=["users"],
         results=[chunk],
@@ -49,7 +50,7 @@ def commit(out: Path, tables: dict[str, bytes], rows: dict[str, int], fmt: str =
         timings=Timings(count_s=0, extract_s=0, load_s=0, total_s=0),
         fmt=fmt,  # type: ignore[arg-type]
     )
-    return pipeline.commit(staging, staged, manifest, started=0.0)
+    return run_manifest.commit(staging, staged, manifest, started=0.0)
 
 
 def test_good_output_verifies_and_quoted_newlines_count_once(tmp_path) -> None:

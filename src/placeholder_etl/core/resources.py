@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ACTIVITY_TABLE", "RESOURCE_NAMES", "TABLES", "resolve_resources"]
+__all__ = ["ACTIVITY_TABLE", "RESOURCE_NAMES", "TABLES", "resolve_resources", "tables_of"]
 
 #: The six collections of a JSONPlaceholder API, in the order tables are written.
 RESOURCE_NAMES: tuple[str, ...] = ("users", "posts", "comments", "albums", "photos", "todos")
@@ -38,3 +38,9 @@ def resolve_resources(requested: str | list[str] | tuple[str, ...]) -> tuple[str
     if not names:
         raise ValueError("no resource given: choose from " + ", ".join(RESOURCE_NAMES))
     return tuple(n for n in RESOURCE_NAMES if n in names)
+
+
+def tables_of(resources: tuple[str, ...] | list[str]) -> list[str]:
+    """The tables a run of ``resources`` writes: theirs, and the activity summary with all six."""
+    tables = [table for name in resources for table in TABLES[name]]
+    return [*tables, ACTIVITY_TABLE] if set(resources) == set(RESOURCE_NAMES) else tables

@@ -16,14 +16,16 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from placeholder_etl.core.names import final_name, manifest_name, stamp_of_manifest, stamp_order
-from placeholder_etl.core.settings import Paging
+from placeholder_etl.core.settings import ClientSettings, Paging
 from placeholder_etl.core.store import Store
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
+    "ChunkJob",
     "ChunkResult",
     "ChunkSpec",
     "ContractSummary",
+    "FetchPolicy",
     "Manifest",
     "RunResult",
     "StagedTable",
@@ -61,6 +63,31 @@ class ChunkSpec(_Frozen):
         """A short human name: ``users p1-8``."""
         last = "…" if self.last_page is None else self.last_page
         return f"{self.resource} p{self.first_page}-{last}"
+
+
+class ChunkJob(_Frozen):
+    """What decides the rows a chunk task makes: its pages, where they are kept and whether
+    formulas are kept. All of it is the task's cache key."""
+
+    spec: ChunkSpec
+    cache_url: str
+    keep_formulas: bool = False
+
+
+class FetchPolicy(_Frozen):
+    """How a chunk task fetches its pages, which never changes its rows: out of its cache key.
+
+    Attributes:
+        client: timeouts, retries and connections of the API client.
+        in_flight: most requests in flight.
+        max_age: seconds a page checkpoint stays reusable (None: the cache is off).
+        flow_host: the flow's host; a worker elsewhere ships its rows back ("" ships always).
+    """
+
+    client: ClientSettings
+    in_flight: int = Field(ge=1)
+    max_age: float | None = None
+    flow_host: str = ""
 
 
 class ChunkResult(_Frozen):

@@ -1,8 +1,8 @@
-"""Words for people: counts with the right plural."""
+"""Words for people: counts with the right plural, durations, sizes."""
 
 from __future__ import annotations
 
-__all__ = ["plural"]
+__all__ = ["duration", "plural", "size"]
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
@@ -10,3 +10,22 @@ def plural(count: int, noun: str, nouns: str | None = None) -> str:
     adding an s is wrong)."""
     word = noun if count == 1 else nouns or f"{noun}s"
     return f"{count:,} {word}"
+
+
+def duration(seconds: float) -> str:
+    """``2.8 s``, ``12 min 3 s``, ``2 h 5 min``."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {rest} s"
+    return f"{minutes // 60} h {minutes % 60} min"
+
+
+def size(count: float) -> str:
+    """Bytes for people: ``512 bytes``, ``4.9 KiB``, ``7.3 GiB``."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:,} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
+        count /= 1024
+    raise AssertionError("unreachable")
