@@ -119,9 +119,15 @@ def warm_up_in_background(cluster: ClusterSettings) -> None:
 
 
 def quiet_dask_logs() -> None:
-    """Dask's scheduler and workers log every connection at INFO; keep warnings and errors."""
+    """Dask's scheduler and workers log every connection at INFO; keep warnings and errors.
+
+    Unless the command line is verbose, also the nanny's notice that it killed a worker
+    process that was still shutting down when the cluster closed (it always is, and harmless).
+    """
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")  # inherited by workers
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    if environment().console != "verbose":
+        logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
 
 
 def dask_runner_kwargs(cluster: ClusterSettings, records: int | None = None) -> dict[str, Any]:
