@@ -32,7 +32,14 @@ from placeholder_etl.core.settings import (
     environment,
 )
 
-__all__ = ["ENV_DEFAULTS", "SettingsError", "app", "run_option_names", "settings_from_options"]
+__all__ = [
+    "ENV_DEFAULTS",
+    "SettingsError",
+    "app",
+    "main",
+    "run_option_names",
+    "settings_from_options",
+]
 
 app = typer.Typer(
     help="ETL of a JSONPlaceholder-style API into CSV, on Prefect 3 and Dask.",
@@ -110,11 +117,12 @@ def _option(name: str, field: FieldInfo) -> inspect.Parameter:
         default = None
     cli_type = _cli_type(field.annotation, name)
     flag = "--" + name.replace("_", "-")
-    decls = [f"{flag}/--no-{flag[2:]}"] if field.annotation in (bool, bool | None) else [flag]
+    is_flag = field.annotation in (bool, bool | None)
     option = typer.Option(
-        *decls,
+        *([f"{flag}/--no-{flag[2:]}"] if is_flag else [flag]),
         help=help_text,
         show_default=default is not None,
+        **({"metavar": ""} if is_flag else {}),  # a flag takes no value: no "<bool>" in --help
         **{k: v for k, v in bounds.items() if v is not None},
     )
     annotation = Annotated[cli_type if default is not None else cli_type | None, option]
@@ -173,10 +181,13 @@ def run(
         int, typer.Option(min=1, help="Users the bundled server generates (--api-url bundled).")
     ] = 10,
     quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Only errors and where the output is.")
+        bool, typer.Option("--quiet", "-q", help="Only errors and where the output is.", metavar="")
     ] = False,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Every log line of the flow and its tasks.")
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Every log line of the flow and its tasks.", metavar=""
+        ),
     ] = False,
     notify_webhook: Annotated[
         str | None,
@@ -360,3 +371,29 @@ def setup_alerts(
         raise typer.BadParameter("give --webhook or set PLACEHOLDER_ETL_NOTIFY_WEBHOOK")
     block_id, automation_id = install_failure_automation(webhook)
     typer.echo(f"notification block {BLOCK_NAME} ({block_id}) and automation {automation_id}")
+
+
+def main() -> None:
+    """The ``placeholder-etl`` command: typer's app, with a usage error (an unknown option, a
+    bad value) on one line in the style of every other error, exit status 2."""
+    args = sys.argv[1:] or ["--help"]
+    try:
+        code = app(args, prog_name="placeholder-etl", standalone_mode=False)
+    except typer.TyperException as exc:  # click's usage errors, as typer vendors them
+        print(f"error: {_usage_error(exc)}", file=sys.stderr)
+        code = getattr(exc, "exit_code", 2)
+    except typer.Abort:
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Exception) -> str:
+    """``--page-size: Input should be …`` rather than click's ``Invalid value for …``."""
+    param = getattr(exc, "param", None)
+    if isinstance(exc, typer.BadParameter) and param is not None and param.opts:
+        text = f"{param.opts[0]}: {exc.message}"
+    else:
+        text = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    command = ctx.command_path if ctx is not None else "placeholder-etl"
+    return f"{text[:1].lower()}{text[1:]} (see {command} --help)"

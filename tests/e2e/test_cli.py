@@ -166,14 +166,25 @@ def test_nothing_is_written_outside_the_output_and_cache_dirs(tmp_path) -> None:
             ),
         ),
         (["--dask-adapt-min", "3", "--dask-adapt-max", "2"], "dask_adapt_min (3) is above"),
+        (
+            ["--page-size", "many"],
+            (
+                "error: --page-size: Input should be a valid integer, unable to parse string as "
+                "an integer (see placeholder-etl run --help)"
+            ),
+        ),
+        (["--page-size", "0"], "error: --page-size: Input should be greater than or equal to 1"),
+        (["--no-such-option"], "error: no such option: --no-such-option"),
     ],
-    ids=["resource", "adapt-bounds"],
+    ids=["resource", "adapt-bounds", "not-a-number", "out-of-bounds", "unknown-option"],
 )
 def test_bad_settings_are_a_usage_error(tmp_path, args, message) -> None:
+    """One style for every bad option: a line ``error: --option: why``, exit status 2."""
     result = run_cli("run", *args, "--output-dir", str(tmp_path))
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert message in result.stderr.strip().splitlines()[-1]
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr  # no box, no usage block
+    assert result.stderr.startswith("error: ")
+    assert message in result.stderr
     assert list(tmp_path.iterdir()) == []
 
 

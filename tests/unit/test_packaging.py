@@ -50,7 +50,7 @@ def test_environment_yml_installs_the_same_pins_and_the_package() -> None:
 
 def test_the_console_scripts_and_the_deployment_entrypoint_exist() -> None:
     assert _project()["scripts"] == {
-        "placeholder-etl": "placeholder_etl.cli:app",
+        "placeholder-etl": "placeholder_etl.cli:main",
         "placeholder-api": "placeholder_api.cli:main",
     }
     source = (ROOT / "flows" / "etl.py").read_text()
