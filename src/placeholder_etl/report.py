@@ -154,7 +154,7 @@ def headline(manifest: Manifest) -> str:
         "s" if workers != 1 else ""
     )
     facts = [
-        ("Source", manifest.source),
+        ("Source", f"`{manifest.source}`"),
         ("Resources", ", ".join(manifest.resources)),
         ("Started", f"{_when(manifest.started)} (files stamped `{manifest.created}`)"),
         ("Duration", took),
@@ -169,7 +169,8 @@ def headline(manifest: Manifest) -> str:
         ),
         ("Prefect flow run", f"`{manifest.flow_run_id or 'none'}`"),
     ]
-    heading = f"# Run report: {', '.join(manifest.resources)} from {manifest.source}"
+    # the source in code style: a bundled API is gone by the time anyone reads this
+    heading = f"# Run report: {', '.join(manifest.resources)} from `{manifest.source}`"
     lines = [heading, "", "| | |", "| --- | --- |"]
     lines += [f"| **{name}** | {value} |" for name, value in facts]
     lines += ["", "| table | rows | size | file |", "| --- | ---: | ---: | --- |"]

@@ -128,7 +128,9 @@ def count_records_task(
     guard_secrets(api_url)
     totals = count_records(api_url, resources, client, paging)
     for resource, total in totals.items():
-        get_run_logger().info("%s: %s records", resource, "unknown" if total is None else total)
+        get_run_logger().info(
+            "%s: %s records", resource, "unknown" if total is None else f"{total:,}"
+        )
     if max_records is not None:
         check_plan(totals, max_records)
     return totals

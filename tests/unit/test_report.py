@@ -76,9 +76,9 @@ def _write(folder: Path, frames: dict[str, pd.DataFrame]) -> Manifest:
 def test_the_headline_says_where_when_how_long_and_what(tmp_path) -> None:
     frames = {"users_flat": _tables()["users_flat"], "photos": pd.DataFrame({"id": range(1234)})}
     text = headline(_write(tmp_path, frames))
-    assert text.startswith("# Run report: users, posts from http://127.0.0.1:3000\n")
+    assert text.startswith("# Run report: users, posts from `http://127.0.0.1:3000`\n")
     for fact in [
-        "| **Source** | http://127.0.0.1:3000 |",
+        "| **Source** | `http://127.0.0.1:3000` |",
         "| **Started** | 2026-11-25 00:54:58 UTC (files stamped",
         "| **Duration** | 2.8 s: counting 0.2 s, extracting 1.5 s, loading 0.5 s |",
         "| **Pages** | 12 in 8 tasks on 2 workers |",
