@@ -1,5 +1,6 @@
 """The data contract: the documented shape of every JSONPlaceholder record.
 
+The record types are built from :mod:`~placeholder_etl.core.schema` (its ``FIELDS``).
 Records are validated with pydantic in strict mode (no coercion: an ``id`` of ``"3"`` is a
 breach, not a 3). Integers must fit in 64 bits (the tables' int64 columns). Unknown extra
 fields are allowed and dropped, so the output tables keep stable columns when the API adds
@@ -14,8 +15,9 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError, with_confi
 from typing_extensions import TypedDict  # pydantic needs it on Python < 3.12
 
 from placeholder_etl.core.errors import ContractError
+from placeholder_etl.core.schema import FIELDS, nested
 
-__all__ = ["check_records"]
+__all__ = ["RECORD_TYPES", "check_records"]
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 _INT64 = (-(2**63), 2**63 - 1)
@@ -23,91 +25,29 @@ _INT64 = (-(2**63), 2**63 - 1)
 Int64 = Annotated[int, Field(ge=_INT64[0], le=_INT64[1])]
 
 
-@with_config(_STRICT)
-class Geo(TypedDict):
-    lat: str
-    lng: str
+#: The Python type each kind of field must have in the API's JSON.
+_TYPES: dict[str, Any] = {"int": Int64, "str": str, "coordinate": str, "bool": bool}
 
 
-@with_config(_STRICT)
-class Address(TypedDict):
-    street: str
-    suite: str
-    city: str
-    zipcode: str
-    geo: Geo
+def _record_type(name: str, shape: dict[str, Any]) -> type:
+    """A strict TypedDict of a record's shape (:func:`~placeholder_etl.core.schema.nested`),
+    nested objects as TypedDicts of their own (``User``, ``UserAddress``, ``UserAddressGeo``)."""
+    fields = {
+        key: _record_type(name + key[:1].upper() + key[1:], kind)
+        if isinstance(kind, dict)
+        else _TYPES[kind]
+        for key, kind in shape.items()
+    }
+    return with_config(_STRICT)(TypedDict(name, fields))  # type: ignore[operator]
 
 
-@with_config(_STRICT)
-class Company(TypedDict):
-    name: str
-    catchPhrase: str
-    bs: str
-
-
-@with_config(_STRICT)
-class User(TypedDict):
-    id: Int64
-    name: str
-    username: str
-    email: str
-    address: Address
-    phone: str
-    website: str
-    company: Company
-
-
-@with_config(_STRICT)
-class Post(TypedDict):
-    userId: Int64
-    id: Int64
-    title: str
-    body: str
-
-
-@with_config(_STRICT)
-class Comment(TypedDict):
-    postId: Int64
-    id: Int64
-    name: str
-    email: str
-    body: str
-
-
-@with_config(_STRICT)
-class Album(TypedDict):
-    userId: Int64
-    id: Int64
-    title: str
-
-
-@with_config(_STRICT)
-class Photo(TypedDict):
-    albumId: Int64
-    id: Int64
-    title: str
-    url: str
-    thumbnailUrl: str
-
-
-@with_config(_STRICT)
-class Todo(TypedDict):
-    userId: Int64
-    id: Int64
-    title: str
-    completed: bool
-
-
+#: One record type per resource, from the schema: ``RECORD_TYPES["users"]`` is ``User``.
+RECORD_TYPES: dict[str, type] = {
+    resource: _record_type(resource.title().removesuffix("s"), nested(fields))
+    for resource, fields in FIELDS.items()
+}
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {
-    name: TypeAdapter(list[model])
-    for name, model in {
-        "users": User,
-        "posts": Post,
-        "comments": Comment,
-        "albums": Album,
-        "photos": Photo,
-        "todos": Todo,
-    }.items()
+    resource: TypeAdapter(list[record]) for resource, record in RECORD_TYPES.items()
 }
 
 

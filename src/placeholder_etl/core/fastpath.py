@@ -38,6 +38,7 @@ import io
 import os
 import struct
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
@@ -47,6 +48,7 @@ import pyarrow.json as pj
 
 from placeholder_etl.core.resources import TABLES
 from placeholder_etl.core.rows import FLAT_PATHS
+from placeholder_etl.core.schema import FIELDS, SEED, nested
 
 __all__ = ["PageTables", "page_tables", "warm_up"]
 
@@ -58,37 +60,30 @@ if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
 
 _S = pa.string()
 _I = pa.int64()
+_ARROW = {"int": _I, "str": _S, "coordinate": _S, "bool": pa.bool_()}
 
-_GEO = pa.struct([("lat", _S), ("lng", _S)])
-_ADDRESS = pa.struct([("street", _S), ("suite", _S), ("city", _S), ("zipcode", _S), ("geo", _GEO)])
-_COMPANY = pa.struct([("name", _S), ("catchPhrase", _S), ("bs", _S)])
 
-#: The contract (contract.py) as Arrow record types, in the API's field order.
-_RECORD: dict[str, pa.StructType] = {
-    "users": pa.struct(
+def _struct(shape: dict[str, Any]) -> pa.StructType:
+    """An Arrow struct of a record's shape (:func:`~placeholder_etl.core.schema.nested`)."""
+    return pa.struct(
         [
-            ("id", _I),
-            ("name", _S),
-            ("username", _S),
-            ("email", _S),
-            ("address", _ADDRESS),
-            ("phone", _S),
-            ("website", _S),
-            ("company", _COMPANY),
+            (name, _struct(kind) if isinstance(kind, dict) else _ARROW[kind])
+            for name, kind in shape.items()
         ]
-    ),
-    "posts": pa.struct([("userId", _I), ("id", _I), ("title", _S), ("body", _S)]),
-    "comments": pa.struct([("postId", _I), ("id", _I), ("name", _S), ("email", _S), ("body", _S)]),
-    "albums": pa.struct([("userId", _I), ("id", _I), ("title", _S)]),
-    "photos": pa.struct(
-        [("albumId", _I), ("id", _I), ("title", _S), ("url", _S), ("thumbnailUrl", _S)]
-    ),
-    "todos": pa.struct([("userId", _I), ("id", _I), ("title", _S), ("completed", pa.bool_())]),
+    )
+
+
+#: The schema as Arrow record types, in the API's field order.
+_RECORD: dict[str, pa.StructType] = {
+    name: _struct(nested(fields)) for name, fields in FIELDS.items()
 }
 
-_COORDINATES = frozenset({"address.geo.lat", "address.geo.lng"})
-#: The seed table's columns (rows.SEED_COLUMNS); "address" is street, suite, city.
-_SEED_PATHS = ("id", "name", "username", "email", "address", "phone", "company.name")
+#: Coordinates: text in the API, written as it came (the tables' floats are parsed later).
+_COORDINATES = frozenset(
+    field.path for fields in FIELDS.values() for field in fields if field.kind == "coordinate"
+)
+#: The seed table's columns; "address" is street, suite, city.
+_SEED_PATHS = tuple(path for _, path in SEED)
 
 # The body goes inside a one-element list (see _PREFIX): the page is r[0][0].
 _SCHEMAS = {
@@ -109,8 +104,8 @@ _PARSE = {
 _PREFIX = b'{"r":['
 _SUFFIX = b"]}"
 _MAX_BODY = 1 << 30
-#: Objects per record in the contract (users: record, address, geo, company).
-_OBJECTS_PER_RECORD = {name: (4 if name == "users" else 1) for name in _RECORD}
+#: JSON objects per record (users: the record, address, geo, company).
+_OBJECTS_PER_RECORD = {name: str(record).count("struct<") for name, record in _RECORD.items()}
 _MAX_EXTRA_CONTAINERS = 1000
 
 _FORMULA = "^([=+\\-@\t\r])"  # rows.FORMULA_PREFIXES, as an RE2 pattern
@@ -176,7 +171,7 @@ def page_tables(resource: str, body: bytes, keep_formulas: bool = False) -> Page
         keep_formulas: as ``extract_chunk``'s: keep text starting with ``= + - @ \\t \\r``.
 
     Returns:
-        The tables' CSV rows, byte for byte ``_rows_for(table, page, keep_formulas)``, or
+        The tables' CSV rows, byte for byte what the pydantic path renders, or
         ``None`` when the page breaks the contract, is not JSON, or is unusual enough that
         the fast path declines it.
     """

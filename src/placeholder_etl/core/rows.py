@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import repeat
 from operator import itemgetter
 from typing import Any
 
 from placeholder_etl.core.errors import ContractError
+from placeholder_etl.core.schema import FIELDS, SEED, coordinates, reader
 
 __all__ = [
     "FLAT_COLUMNS",
@@ -29,51 +29,17 @@ __all__ = [
     "seed_row",
 ]
 
-SEED_COLUMNS: tuple[str, ...] = (
-    "ID",
-    "Name",
-    "Username",
-    "Email",
-    "Address",
-    "PhoneNumber",
-    "Company",
-)
+#: The seed table's columns (:data:`~placeholder_etl.core.schema.SEED`).
+SEED_COLUMNS: tuple[str, ...] = tuple(column for column, _ in SEED)
 
 #: Leaves of each flat table, as paths into the API's records, in the API's field order.
 FLAT_PATHS: dict[str, tuple[str, ...]] = {
-    "users": (
-        "id",
-        "name",
-        "username",
-        "email",
-        "address.street",
-        "address.suite",
-        "address.city",
-        "address.zipcode",
-        "address.geo.lat",
-        "address.geo.lng",
-        "phone",
-        "website",
-        "company.name",
-        "company.catchPhrase",
-        "company.bs",
-    ),
-    "posts": ("userId", "id", "title", "body"),
-    "comments": ("postId", "id", "name", "email", "body"),
-    "albums": ("userId", "id", "title"),
-    "photos": ("albumId", "id", "title", "url", "thumbnailUrl"),
-    "todos": ("userId", "id", "title", "completed"),
+    resource: tuple(field.path for field in fields) for resource, fields in FIELDS.items()
 }
 
-
-def _column(path: str) -> str:
-    """``company.catchPhrase`` → ``company_catch_phrase``: snake_case, joined with ``_``."""
-    return re.sub(r"(?<=[a-z])(?=[A-Z])", "_", path).replace(".", "_").lower()
-
-
-#: Columns of each flattened table: :data:`FLAT_PATHS` as column names.
+#: Columns of each flattened table (snake_case paths, joined with ``_``).
 FLAT_COLUMNS: dict[str, tuple[str, ...]] = {
-    resource: tuple(map(_column, paths)) for resource, paths in FLAT_PATHS.items()
+    resource: tuple(field.column for field in fields) for resource, fields in FIELDS.items()
 }
 
 #: Text starting with one of these runs as a formula in a spreadsheet (CSV injection).
@@ -100,19 +66,18 @@ def flat_rows(resource: str, records: Iterable[Mapping[str, Any]]) -> list[tuple
     Raises:
         ContractError: a coordinate is not a number.
     """
-    row = _ROW_OF[resource]
-    if resource != "users":
+    row, floats = _ROW_OF[resource], _COORDINATES[resource]
+    if not floats:
         return [row(record) for record in records]
     rows = []
     for record in records:
         values = list(row(record))
-        for index in (8, 9):  # address_geo_lat, address_geo_lng
+        for index in floats:
             try:
                 values[index] = float(values[index])
             except ValueError:
-                column = FLAT_COLUMNS["users"][index]
                 raise ContractError(
-                    f"users: record id={record['id']} field {column.replace('_', '.')}: "
+                    f"{resource}: record id={record['id']} field {FLAT_PATHS[resource][index]}: "
                     f"not a number, got {values[index]!r}"
                 ) from None
         rows.append(tuple(values))
@@ -171,31 +136,12 @@ def row_of(resource: str) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
     return _ROW_OF[resource]
 
 
-def _user_row(user: Mapping[str, Any]) -> tuple[Any, ...]:
-    """The users' :data:`FLAT_PATHS`, written out (faster than walking the paths)."""
-    address, company = user["address"], user["company"]
-    return (
-        user["id"],
-        user["name"],
-        user["username"],
-        user["email"],
-        address["street"],
-        address["suite"],
-        address["city"],
-        address["zipcode"],
-        address["geo"]["lat"],
-        address["geo"]["lng"],
-        user["phone"],
-        user["website"],
-        company["name"],
-        company["catchPhrase"],
-        company["bs"],
-    )
-
-
 # One function per resource that reads a record's leaves in FLAT_PATHS order: a direct
-# lookup is ~30x faster than walking each record's keys and renaming them to snake_case.
+# lookup is ~30x faster than walking each record's keys and renaming them to snake_case
+# (``itemgetter`` where every field is at the top, else a generated reader).
 _ROW_OF: dict[str, Callable[[Mapping[str, Any]], tuple[Any, ...]]] = {
-    resource: _user_row if resource == "users" else itemgetter(*paths)
+    resource: reader(resource) if any("." in p for p in paths) else itemgetter(*paths)
     for resource, paths in FLAT_PATHS.items()
 }
+#: Positions of the coordinates (text in the API, floats in the tables) in each flat row.
+_COORDINATES = {resource: coordinates(resource) for resource in FIELDS}

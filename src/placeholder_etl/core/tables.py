@@ -18,6 +18,7 @@ from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.resources import ACTIVITY_TABLE
 from placeholder_etl.core.results import TableInfo
 from placeholder_etl.core.rows import FLAT_COLUMNS, SEED_COLUMNS, csv_header
+from placeholder_etl.core.schema import column_kinds
 from placeholder_etl.core.store import Store
 
 __all__ = ["SUFFIX", "build_activity", "write_table"]
@@ -26,10 +27,11 @@ Format = Literal["csv", "parquet"]
 SUFFIX: dict[str, str] = {"csv": ".csv", "parquet": ".parquet"}
 _BLOCK = 1 << 20
 
-#: Columns that are not text, per table (for Parquet); coordinates are floats.
-_INTEGERS = {"ID", "id", "user_id", "post_id", "album_id"}
-_FLOATS = {"address_geo_lat", "address_geo_lng"}
-_BOOLS = {"completed"}
+#: Columns that are not text (for Parquet), from the schema; coordinates are floats.
+_KINDS = column_kinds()
+_INTEGERS = {column for column, kind in _KINDS.items() if kind == "int"}
+_FLOATS = {column for column, kind in _KINDS.items() if kind == "coordinate"}
+_BOOLS = {column for column, kind in _KINDS.items() if kind == "bool"}
 
 
 def table_header(table: str) -> bytes:

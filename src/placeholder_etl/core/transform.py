@@ -17,6 +17,7 @@ import pandas as pd
 
 from placeholder_etl.core.errors import ContractError
 from placeholder_etl.core.rows import FLAT_COLUMNS, FORMULA_PREFIXES, SEED_COLUMNS, row_of, seed_row
+from placeholder_etl.core.schema import FIELDS
 
 __all__ = [
     "ACTIVITY_COLUMNS",
@@ -26,7 +27,10 @@ __all__ = [
     "transform_users",
 ]
 
-_FLOAT_COLUMNS = ("address_geo_lat", "address_geo_lng")
+#: Coordinates: text in the API, floats in the tables (from the schema).
+_FLOAT_COLUMNS = tuple(
+    field.column for fields in FIELDS.values() for field in fields if field.kind == "coordinate"
+)
 
 ACTIVITY_COLUMNS: tuple[str, ...] = (
     "user_id",
