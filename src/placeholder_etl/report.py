@@ -20,10 +20,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from placeholder_etl.core.atomic import atomic_write
 from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.settings import environment
-from placeholder_etl.core.staging import atomic_write
 from placeholder_etl.core.transform import ACTIVITY_COLUMNS
 
 if TYPE_CHECKING:

@@ -21,6 +21,8 @@ from placeholder_etl.core import pipeline
 from placeholder_etl.core.client import RawPage
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import page_tables
+from placeholder_etl.core.folder import FolderOutput
+from placeholder_etl.core.objectstore import ObjectStoreOutput
 from placeholder_etl.core.pages import PageBook, expire
 from placeholder_etl.core.resources import resolve_resources
 from placeholder_etl.core.results import (
@@ -31,7 +33,6 @@ from placeholder_etl.core.results import (
     TableInfo,
     Timings,
 )
-from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.store import Store, StoreError
 from placeholder_etl.core.tables import table_header, write_table
 
@@ -338,7 +339,7 @@ def test_assemble_tables_stages_every_table(tmp_path) -> None:
     pages = [[make_record("users", n, 0) for n in (3, 1, 2)], [again, make_record("users", 4, 0)]]
     chunks = [checkpointed(cache, spec(first=n, last=n), [page]) for n, page in enumerate(pages, 1)]
     assert pipeline.unordered_resources(chunks) == ["users"]
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     tables = pipeline.assemble_tables(["users"], chunks, cache, staging)
     assert set(tables) == {"users", "users_flat"}
     assert tables["users"].rows == tables["users_flat"].rows == 4
@@ -395,7 +396,7 @@ def test_assemble_tables_joins_every_chunks_pages_in_plan_order(tmp_path) -> Non
             update={"parts": {t: [str(pages[2]), str(pages[3])] for t in ("users", "users_flat")}}
         ),
     ]
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     tables = pipeline.assemble_tables(["users"], chunks, cache, staging)
     data = Path(staging.staged_path("users")).read_bytes()
     assert data == table_header("users") + b"".join(p.read_bytes() for p in pages)
@@ -464,7 +465,7 @@ def test_parts_from_another_machine_travel_in_the_result(tmp_path) -> None:
         pipeline.ship_parts(users_chunk(worker, 3, 3), worker, "elsewhere"), flow
     )
     assert not set(other.parts["users"]) & set(received.parts["users"])
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     tables = pipeline.assemble_tables(["users"], [received, other], flow, staging)
     assert tables["users"].rows == 30
     lines = Path(staging.staged_path("users")).read_text().splitlines()[1:]
@@ -506,14 +507,14 @@ def test_the_run_cache_is_shared_or_the_runs_own_and_removed(tmp_path) -> None:
 def test_output_staging_is_absolute_and_refuses_a_file(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     staging = pipeline.output_staging("out")
-    assert isinstance(staging, Staging)
+    assert isinstance(staging, FolderOutput)
     assert staging.directory == tmp_path / "out"
     assert pipeline.output_staging(f"file://{tmp_path}/out").directory == tmp_path / "out"
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
         pipeline.output_staging("file")
     remote = pipeline.output_staging("memory://placeholder-etl-test/out")
-    assert isinstance(remote, ObjectStaging)
+    assert isinstance(remote, ObjectStoreOutput)
     assert remote.store.root == "/placeholder-etl-test/out"
     with pytest.raises(StoreError, match="nosuch://x"):
         pipeline.output_staging("nosuch://x")
@@ -565,7 +566,7 @@ def test_the_manifest_records_the_run_and_is_written_last(tmp_path) -> None:
     assert manifest.format == "csv"
 
     out = tmp_path / "out"
-    staging = Staging(out)
+    staging = FolderOutput(out)
     with staging.open_table("users") as handle:
         handle.write(b"ID\n1\n")
     staged = {
@@ -596,7 +597,7 @@ def test_a_parquet_run_names_its_files_by_the_format(tmp_path) -> None:
         fmt="parquet",
     )
     assert manifest.format == "parquet"
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     with staging.open_table("users", ".parquet") as handle:
         handle.write(b"PAR1")
     path = staging.staged_path("users", ".parquet")

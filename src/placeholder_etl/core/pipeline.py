@@ -25,9 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from placeholder_etl.core import pages
+from placeholder_etl.core.atomic import remove_stale_temps
 from placeholder_etl.core.client import ApiClient, InFlight, RawPage, ordered_map, pages_for
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import PageTables, page_tables
+from placeholder_etl.core.names import TableFormat
+from placeholder_etl.core.output import Output
+from placeholder_etl.core.outputs import open_output
 from placeholder_etl.core.pages import Damage, Done, PageBook
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES
@@ -42,9 +46,8 @@ from placeholder_etl.core.results import (
 )
 from placeholder_etl.core.rows import csv_rows, flat_rows, seed_row
 from placeholder_etl.core.settings import ClientSettings, Paging, local_slots
-from placeholder_etl.core.staging import ObjectStaging, Staging, remove_stale_temps
 from placeholder_etl.core.store import Store
-from placeholder_etl.core.tables import SUFFIX, Format, build_activity, write_table
+from placeholder_etl.core.tables import SUFFIX, build_activity, write_table
 
 __all__ = [
     "assemble_tables",
@@ -74,23 +77,9 @@ Totals = Mapping[str, int | None]
 # --------------------------------------------------------------------------- folders
 
 
-def output_staging(
-    output_dir: str, storage_options: dict[str, Any] | None = None
-) -> Staging | ObjectStaging:
-    """The staging of a run's tables in ``output_dir``: a local folder (renamed into place
-    under a lock) or an object store (published with the manifest last).
-
-    Raises:
-        NotADirectoryError: ``output_dir`` is a file; StoreError: an unknown scheme or a
-            missing filesystem package.
-    """
-    store = Store.open(output_dir, storage_options)
-    if store.local:
-        out = Path(store.root)
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"output dir {out} is a file")
-        return Staging(out)
-    return ObjectStaging(store)
+def output_staging(output_dir: str, storage_options: dict[str, Any] | None = None) -> Output:
+    """The output of a run's tables in ``output_dir`` (see :func:`open_output`)."""
+    return open_output(output_dir, storage_options)
 
 
 def cache_store(cache_dir: str, storage_options: dict[str, Any] | None = None) -> Store:
@@ -98,7 +87,7 @@ def cache_store(cache_dir: str, storage_options: dict[str, Any] | None = None) -
     return Store.open(cache_dir, storage_options)
 
 
-def remove_leftovers(staging: Staging | ObjectStaging, cache: Store, max_age: float) -> list[str]:
+def remove_leftovers(staging: Output, cache: Store, max_age: float) -> list[str]:
     """What killed runs left (temporary files, staging, claims) and expired page checkpoints."""
     removed = staging.remove_leftovers()
     if cache.local:
@@ -495,8 +484,8 @@ def assemble_tables(
     resources: Sequence[str],
     results: Sequence[ChunkResult],
     cache: Store,
-    staging: Staging | ObjectStaging,
-    fmt: Format = "csv",
+    staging: Output,
+    fmt: TableFormat = "csv",
 ) -> dict[str, StagedTable]:
     """Write every table from its page files into ``staging``; add the activity summary when
     every resource is there.
@@ -572,7 +561,7 @@ def build_manifest(
     started: datetime,
     timings: Timings,
     flow_run_id: str | None = None,
-    fmt: Format = "csv",
+    fmt: TableFormat = "csv",
 ) -> Manifest:
     """The run's manifest before its commit (:meth:`Manifest.stamped` names the files).
 
@@ -612,7 +601,7 @@ def build_manifest(
 
 
 def commit(
-    staging: Staging | ObjectStaging,
+    staging: Output,
     staged: Mapping[str, StagedTable],
     manifest: Manifest,
     started: float,
