@@ -68,7 +68,8 @@ from typing import Any
 import bench
 import requests
 
-from placeholder_etl.core.store import Store, is_local
+from placeholder_etl.core.store import Store
+from placeholder_etl.core.urls import is_remote
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -1228,7 +1229,7 @@ def cli_killed_in_commit(nth: int, argv: list[str]) -> None:
     from placeholder_etl.core import store as store_module
 
     output = argv[argv.index("--output-dir") + 1]
-    local = is_local(output)
+    local = not is_remote(output)
     root = str(Path(output).resolve()) if local else Store.open(output).root
     writes = 0
 

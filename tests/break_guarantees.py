@@ -53,7 +53,9 @@ class Mutation:
         return ((self.file, self.old, self.new), *self.also)
 
 
-STAGING = "src/placeholder_etl/core/staging.py"
+ATOMIC = "src/placeholder_etl/core/atomic.py"
+FOLDER = "src/placeholder_etl/core/folder.py"
+OUTPUT = "src/placeholder_etl/core/output.py"
 ASSEMBLE = "src/placeholder_etl/core/assemble.py"
 TRANSPORT = "src/placeholder_etl/core/transport.py"
 TABLES = "src/placeholder_etl/core/tables.py"
@@ -63,18 +65,13 @@ PAGES = "src/placeholder_etl/core/pages.py"
 CLIENT = "src/placeholder_etl/core/client.py"
 TASKS = "src/placeholder_etl/tasks.py"
 T = "tests/"
-#: The check of an output name, in both stagings (local folder and object store).
-_NAME_CHECK = (
-    '        if not key.replace("_", "").isalnum():\n'
-    '            raise ValueError(f"output name {key!r} must be letters, digits and underscores")\n'
-)
 
 MUTATIONS = (
     Mutation(
         "undo",
         "A failed run leaves the output dir as it was",
         "a commit failing halfway keeps the files it had renamed",
-        STAGING,
+        FOLDER,
         "                _undo_renames(done)\n",
         "                pass\n",
         (
@@ -86,7 +83,7 @@ MUTATIONS = (
         "abort",
         "A failed run leaves the output dir as it was",
         "a failed run keeps its temporary files",
-        STAGING,
+        FOLDER,
         '        for tmp in self.directory.glob(f".*.{self.run_tag}{TEMP_SUFFIX}"):\n'
         "            tmp.unlink(missing_ok=True)\n",
         '        for tmp in self.directory.glob(f".*.{self.run_tag}{TEMP_SUFFIX}"):\n'
@@ -100,7 +97,7 @@ MUTATIONS = (
         "published",
         "The manifest never names a file that is not there",
         "the commit writes the manifest without checking the tables under their final names",
-        STAGING,
+        FOLDER,
         "                check_published(finals, _local_size)  # before a manifest names them\n",
         "",
         (T + "unit/test_staging.py::test_a_commit_refuses_a_table_that_is_not_what_was_written",),
@@ -109,7 +106,7 @@ MUTATIONS = (
         "fsync",
         "A failed run leaves the output dir as it was (durable files)",
         "files are not fsynced before their rename",
-        STAGING,
+        ATOMIC,
         "    handle.flush()\n    os.fsync(handle.fileno())",
         "    handle.flush()",
         (T + "unit/test_staging.py",),
@@ -118,9 +115,9 @@ MUTATIONS = (
         "stale",
         "A killed run's leftovers are removed by the next run",
         "temporary files of dead processes are kept",
-        STAGING,
-        "                stale = not _alive(int(pid))",
-        "                stale = False",
+        ATOMIC,
+        "        return not _alive(pid)\n",
+        "        return False\n",
         (
             T
             + "unit/test_staging.py::test_stale_temps_of_dead_processes_are_removed_live_ones_kept",
@@ -130,7 +127,7 @@ MUTATIONS = (
         "flock",
         "Concurrent runs never overwrite or interleave",
         "no lock around the commit",
-        STAGING,
+        FOLDER,
         "            fcntl.flock(lock, fcntl.LOCK_EX)\n",
         "",
         (T + "unit/test_staging.py::test_concurrent_commits_never_share_or_overwrite_files",),
@@ -139,7 +136,7 @@ MUTATIONS = (
         "stamp",
         "Concurrent runs never overwrite or interleave",
         "the stamp is not checked against files already there",
-        STAGING,
+        FOLDER,
         "            if not any((self.directory / final_name(k, stamp, s)).exists() for k, s in names):",
         "            if True:",
         (T + "unit/test_staging.py::test_concurrent_commits_never_share_or_overwrite_files",),
@@ -313,22 +310,15 @@ MUTATIONS = (
     Mutation(
         "names",
         "Nothing is written outside the output dir",
-        "output names are not checked (local and object-store staging)",
-        STAGING,
-        _NAME_CHECK
-        + '        return str(self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}")',
-        '        return str(self.directory / f".{key}{suffix}.{self.run_tag}{TEMP_SUFFIX}")',
+        "output names are not checked (the check both outputs share)",
+        OUTPUT,
+        '        if not key.replace("_", "").isalnum():\n'
+        '            raise ValueError(f"output name {key!r} must be letters, digits and underscores")\n',
+        "",
         (
             T + "unit/test_staging.py::test_staging_rejects_names_that_could_escape_the_directory",
             T
             + "unit/test_pipeline_steps.py::test_either_staging_refuses_names_that_could_escape_the_output",
-        ),
-        also=(
-            (
-                STAGING,
-                _NAME_CHECK + '        return f"{self._staging_folder()}/{key}{suffix}"',
-                '        return f"{self._staging_folder()}/{key}{suffix}"',
-            ),
         ),
     ),
     Mutation(

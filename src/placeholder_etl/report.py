@@ -21,10 +21,10 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from placeholder_etl.core.atomic import atomic_write
 from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.settings import environment
-from placeholder_etl.core.staging import atomic_write
 from placeholder_etl.core.text import duration, size
 from placeholder_etl.core.transform import ACTIVITY_COLUMNS
 

@@ -27,6 +27,8 @@ from prefect.tasks import exponential_backoff
 from placeholder_etl.core.assemble import assemble_tables
 from placeholder_etl.core.errors import is_transient
 from placeholder_etl.core.extract import extract_chunk
+from placeholder_etl.core.names import TableFormat
+from placeholder_etl.core.output import Output
 from placeholder_etl.core.plan import check_plan, count_records
 from placeholder_etl.core.prepare import cache_store
 from placeholder_etl.core.redact import (
@@ -37,10 +39,9 @@ from placeholder_etl.core.redact import (
 )
 from placeholder_etl.core.results import ChunkJob, ChunkResult, FetchPolicy, RunResult, StagedTable
 from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging, environment
-from placeholder_etl.core.staging import ObjectStaging, Staging
-from placeholder_etl.core.tables import Format
 from placeholder_etl.core.text import duration, plural, size
 from placeholder_etl.core.transport import ship_parts
+from placeholder_etl.core.urls import is_remote
 
 __all__ = [
     "NOT_IN_CACHE_KEY",
@@ -181,8 +182,8 @@ def assemble_tables_task(
     resources: list[str],
     results: list[ChunkResult],
     cache_url: str,
-    staging: Staging | ObjectStaging,
-    fmt: Format,
+    staging: Output,
+    fmt: TableFormat,
 ) -> dict[str, StagedTable]:
     """Write the tables (and the activity summary with every resource) into the staging.
 
@@ -202,7 +203,7 @@ def render_report_task(result: RunResult) -> RunResult:
     """
     from placeholder_etl.report import headline, render_report
 
-    if "://" in result.output_dir or result.manifest.format != "csv":
+    if is_remote(result.output_dir) or result.manifest.format != "csv":
         message = "the run report reads a local CSV output; none was rendered"
         get_run_logger().error("report failed: %s", message)
         return result.model_copy(update={"report_error": message})

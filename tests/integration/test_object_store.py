@@ -72,14 +72,14 @@ def staged_users(staging, data: bytes):
 
 def test_a_failed_commit_removes_what_it_published(s3, bucket, tmp_path) -> None:
     """The manifest goes last: if it cannot be written, the tables it would name go too."""
-    from placeholder_etl.core.staging import ObjectStaging
+    from placeholder_etl.core.objectstore import ObjectStoreOutput
     from placeholder_etl.core.store import Store
 
     def failing_manifest(stamp: str) -> bytes:
         raise RuntimeError("manifest failed")
 
     with pytest.raises(RuntimeError, match="manifest failed"):
-        with ObjectStaging(Store.open(f"s3://{bucket}/run")) as staging:
+        with ObjectStoreOutput(Store.open(f"s3://{bucket}/run")) as staging:
             staging.commit(staged_users(staging, b"ID\n1\n"), failing_manifest)
     assert objects(s3, bucket) == {}
 
@@ -87,7 +87,8 @@ def test_a_failed_commit_removes_what_it_published(s3, bucket, tmp_path) -> None
 def test_a_commit_refuses_a_published_table_of_another_size(s3, bucket, monkeypatch) -> None:
     """One HEAD per published table before the manifest: a copy that came out short (here a
     store that truncates copies) undoes the commit, and no manifest names it."""
-    from placeholder_etl.core.staging import CommitError, ObjectStaging
+    from placeholder_etl.core.objectstore import ObjectStoreOutput
+    from placeholder_etl.core.output import CommitError
     from placeholder_etl.core.store import Store
 
     store = Store.open(f"s3://{bucket}/run")
@@ -96,7 +97,10 @@ def test_a_commit_refuses_a_published_table_of_another_size(s3, bucket, monkeypa
         store.fs.pipe_file(dest, store.cat(source)[:-2])
 
     monkeypatch.setattr(store, "copy", short_copy)
-    with pytest.raises(CommitError, match=r"users: .* 3 bytes"), ObjectStaging(store) as staging:
+    with (
+        pytest.raises(CommitError, match=r"users: .* 3 bytes"),
+        ObjectStoreOutput(store) as staging,
+    ):
         staging.commit(staged_users(staging, b"ID\n1\n"), lambda stamp: b"{}")
     assert objects(s3, bucket) == {}
 

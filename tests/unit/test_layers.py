@@ -3,12 +3,14 @@ nothing of the pipeline; the command line's --help imports no Prefect; ``__all__
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,127 @@ def test_all_lists_what_the_module_defines_and_others_use(module) -> None:
     assert [name for name in names if not hasattr(mod, name)] == []
     elsewhere = _sources_outside(Path(mod.__file__).resolve())
     assert [name for name in names if not re.search(rf"\b{name}\b", elsewhere)] == []
+
+
+SRC = ROOT / "src" / "placeholder_etl"
+#: The most lines a module of the pipeline may have: one job each.
+MAX_LINES = 400
+
+
+def _module_name(path: Path, src: Path) -> str:
+    parts = path.relative_to(src.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _top_level_imports(body: list[ast.stmt]) -> Iterator[ast.Import | ast.ImportFrom]:
+    """The imports a module runs when it is imported (not those inside functions or classes,
+    nor under ``if TYPE_CHECKING:``)."""
+    for node in body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+        elif isinstance(node, ast.If):
+            if "TYPE_CHECKING" not in ast.unparse(node.test):
+                yield from _top_level_imports(node.body)
+            yield from _top_level_imports(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, *(h.body for h in node.handlers), node.orelse):
+                yield from _top_level_imports(block)
+        elif isinstance(node, ast.With):
+            yield from _top_level_imports(node.body)
+
+
+def _import_graph(src: Path) -> dict[str, set[str]]:
+    """Each module of the package in ``src`` -> the package's modules it imports at its top.
+
+    ``from placeholder_etl.core import pages`` counts as an import of
+    ``placeholder_etl.core.pages`` when that is a module, else of the package.
+    """
+    files = {_module_name(path, src): path for path in src.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in _top_level_imports(ast.parse(path.read_text()).body):
+            if isinstance(node, ast.Import):
+                edges |= {alias.name for alias in node.names}
+                continue
+            base = node.module or ""
+            if node.level:
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}" if base else anchor
+            for alias in node.names:
+                edges.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in files else base)
+        graph[name] = {edge for edge in edges if edge in files and edge != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import cycles of ``graph``: its strongly connected parts of two or more modules."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            part = []
+            while True:
+                member = stack.pop()
+                part.append(member)
+                if member == node:
+                    break
+            if len(part) > 1:
+                found.append(sorted(part))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_the_import_graph_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_import_graph_reads_every_form_of_import(tmp_path) -> None:
+    package = tmp_path / "pkg"
+    (package / "core").mkdir(parents=True)
+    sources = {
+        "__init__.py": "",
+        "core/__init__.py": "",
+        "core/a.py": "from pkg.core import b\nfrom pkg.core.c import f\n",
+        "core/b.py": "import pkg.core.c\nif TYPE_CHECKING:\n    from pkg import flow\n",
+        "core/c.py": "from . import d\ndef f():\n    from pkg.core import a\n",
+        "core/d.py": "from ..flow import run\n",
+        "flow.py": "from pkg.core import a\n",
+    }
+    for name, text in sources.items():
+        (package / name).write_text(text)
+    graph = _import_graph(package)
+    assert graph["pkg.core.a"] == {"pkg.core.b", "pkg.core.c"}
+    assert graph["pkg.core.b"] == {"pkg.core.c"}  # not what is only imported to type-check
+    assert graph["pkg.core.c"] == {"pkg.core.d"}  # not what a function imports
+    assert _cycles(graph) == [["pkg.core.a", "pkg.core.b", "pkg.core.c", "pkg.core.d", "pkg.flow"]]
+
+
+def test_no_module_imports_itself_through_others() -> None:
+    """No module of placeholder_etl imports (at its top) a module that imports it back."""
+    assert _cycles(_import_graph(SRC)) == []
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    """Every module of placeholder_etl is at most MAX_LINES long (the offenders are listed)."""
+    lengths = {
+        str(path.relative_to(ROOT)): len(path.read_text().splitlines())
+        for path in SRC.rglob("*.py")
+    }
+    assert {path: n for path, n in lengths.items() if n > MAX_LINES} == {}

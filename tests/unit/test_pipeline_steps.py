@@ -27,10 +27,13 @@ from placeholder_etl.core.client import RawPage
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.extract import _checked_page, render_page
 from placeholder_etl.core.fastpath import page_tables
+from placeholder_etl.core.folder import FolderOutput
 from placeholder_etl.core.manifest import build_manifest, commit
+from placeholder_etl.core.objectstore import ObjectStoreOutput
+from placeholder_etl.core.outputs import open_output
 from placeholder_etl.core.pages import PageBook, expire
 from placeholder_etl.core.plan import auto_pages_per_chunk, check_plan, plan_chunks, total_pages
-from placeholder_etl.core.prepare import output_staging, run_cache
+from placeholder_etl.core.prepare import run_cache
 from placeholder_etl.core.resources import resolve_resources
 from placeholder_etl.core.results import (
     ChunkResult,
@@ -40,7 +43,6 @@ from placeholder_etl.core.results import (
     TableInfo,
     Timings,
 )
-from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.store import Store, StoreError
 from placeholder_etl.core.tables import table_header, write_table
 from placeholder_etl.core.transport import parts_damaged, receive_parts, ship_parts
@@ -348,7 +350,7 @@ def test_assemble_tables_stages_every_table(tmp_path) -> None:
     pages = [[make_record("users", n, 0) for n in (3, 1, 2)], [again, make_record("users", 4, 0)]]
     chunks = [checkpointed(cache, spec(first=n, last=n), [page]) for n, page in enumerate(pages, 1)]
     assert unordered_resources(chunks) == ["users"]
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     tables = assemble_tables(["users"], chunks, cache, staging)
     assert set(tables) == {"users", "users_flat"}
     assert tables["users"].rows == tables["users_flat"].rows == 4
@@ -405,7 +407,7 @@ def test_assemble_tables_joins_every_chunks_pages_in_plan_order(tmp_path) -> Non
             update={"parts": {t: [str(pages[2]), str(pages[3])] for t in ("users", "users_flat")}}
         ),
     ]
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     tables = assemble_tables(["users"], chunks, cache, staging)
     data = Path(staging.staged_path("users")).read_bytes()
     assert data == table_header("users") + b"".join(p.read_bytes() for p in pages)
@@ -472,7 +474,7 @@ def test_parts_from_another_machine_travel_in_the_result(tmp_path) -> None:
     # another chunk of the same resource gets files of its own
     other = receive_parts(ship_parts(users_chunk(worker, 3, 3), worker, "elsewhere"), flow)
     assert not set(other.parts["users"]) & set(received.parts["users"])
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     tables = assemble_tables(["users"], [received, other], flow, staging)
     assert tables["users"].rows == 30
     lines = Path(staging.staged_path("users")).read_text().splitlines()[1:]
@@ -513,24 +515,24 @@ def test_the_run_cache_is_shared_or_the_runs_own_and_removed(tmp_path) -> None:
 
 def test_output_staging_is_absolute_and_refuses_a_file(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    staging = output_staging("out")
-    assert isinstance(staging, Staging)
+    staging = open_output("out")
+    assert isinstance(staging, FolderOutput)
     assert staging.directory == tmp_path / "out"
-    assert output_staging(f"file://{tmp_path}/out").directory == tmp_path / "out"
+    assert open_output(f"file://{tmp_path}/out").directory == tmp_path / "out"
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is a file"):
-        output_staging("file")
-    remote = output_staging("memory://placeholder-etl-test/out")
-    assert isinstance(remote, ObjectStaging)
+        open_output("file")
+    remote = open_output("memory://placeholder-etl-test/out")
+    assert isinstance(remote, ObjectStoreOutput)
     assert remote.store.root == "/placeholder-etl-test/out"
     with pytest.raises(StoreError, match="nosuch://x"):
-        output_staging("nosuch://x")
+        open_output("nosuch://x")
     assert not (tmp_path / "out").exists()  # nothing is written before the commit
 
 
 @pytest.mark.parametrize("output", ["out", "memory://placeholder-etl-test/names"])
 def test_either_staging_refuses_names_that_could_escape_the_output(tmp_path, output) -> None:
-    staging = output_staging(str(tmp_path / output) if "://" not in output else output)
+    staging = open_output(str(tmp_path / output) if "://" not in output else output)
     for bad in ("../users", "a/b", ".hidden", "x y"):
         with pytest.raises(ValueError, match="letters, digits and underscores"):
             staging.open_table(bad).__enter__()
@@ -573,7 +575,7 @@ def test_the_manifest_records_the_run_and_is_written_last(tmp_path) -> None:
     assert manifest.format == "csv"
 
     out = tmp_path / "out"
-    staging = Staging(out)
+    staging = FolderOutput(out)
     with staging.open_table("users") as handle:
         handle.write(b"ID\n1\n")
     staged = {
@@ -604,7 +606,7 @@ def test_a_parquet_run_names_its_files_by_the_format(tmp_path) -> None:
         fmt="parquet",
     )
     assert manifest.format == "parquet"
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     with staging.open_table("users", ".parquet") as handle:
         handle.write(b"PAR1")
     path = staging.staged_path("users", ".parquet")

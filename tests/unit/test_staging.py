@@ -14,20 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from placeholder_etl.core import staging as staging_module
+from placeholder_etl.core import folder as folder_module
+from placeholder_etl.core.atomic import atomic_write, remove_stale_temps
+from placeholder_etl.core.folder import FolderOutput, recover
+from placeholder_etl.core.names import make_tag
+from placeholder_etl.core.output import CommitError
 from placeholder_etl.core.results import StagedTable
-from placeholder_etl.core.staging import (
-    CommitError,
-    Staging,
-    atomic_write,
-    make_tag,
-    recover,
-    remove_stale_temps,
-)
 from tests.helpers import snapshot
 
 
-def stage(staging: Staging, **tables: str) -> dict[str, StagedTable]:
+def stage(staging: FolderOutput, **tables: str) -> dict[str, StagedTable]:
     """Write each table's text through ``open_table``; return what the commit takes."""
     staged = {}
     for key, text in tables.items():
@@ -56,7 +52,7 @@ def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path) -> None:
 
 
 def _commit(directory: str, barrier) -> str:
-    staging = Staging(Path(directory))
+    staging = FolderOutput(Path(directory))
     staged = stage(staging, users=f"ID\n{os.getpid()}\n")
     barrier.wait()  # every process commits in the same instant
     return staging.commit(staged, lambda stamp: f'{{"created": "{stamp}"}}\n'.encode())
@@ -86,7 +82,7 @@ def test_a_commit_that_fails_halfway_leaves_the_output_dir_as_it_was(tmp_path, t
     after the stamp was chosen, so renaming a file onto it fails with EISDIR.
     """
     out = tmp_path / "out"
-    earlier = Staging(out)  # a previous good run (it also leaves the lock file)
+    earlier = FolderOutput(out)  # a previous good run (it also leaves the lock file)
     earlier.commit(stage(earlier, users="ID\n1\n"), lambda stamp: b"{}\n")
     before = snapshot(out)
     taken_dirs = []
@@ -97,7 +93,7 @@ def test_a_commit_that_fails_halfway_leaves_the_output_dir_as_it_was(tmp_path, t
         taken_dirs[0].mkdir()
         return b'{"created": "%s"}\n' % stamp.encode()
 
-    staging = Staging(out)
+    staging = FolderOutput(out)
     staged = stage(staging, users="ID\n2\n", users_flat="id\n2\n")
     with pytest.raises(IsADirectoryError), staging:
         staging.commit(staged, manifest)
@@ -126,7 +122,7 @@ def test_every_file_is_on_disk_before_its_final_name_and_the_names_before_commit
 ) -> None:
     """Durable through a power cut: a file is fsynced while only its temporary name exists,
     and the directory (the renames) once every final name exists."""
-    staging = Staging(tmp_path)
+    staging = FolderOutput(tmp_path)
     staged = stage(staging, users="ID\n1\n", users_flat="ID\n1\n")
     temps = {f"{key}{table.suffix}": table.path for key, table in staged.items()}
     stamp = staging.commit(staged, lambda stamp: b"{}\n")
@@ -156,16 +152,16 @@ def test_atomic_write_syncs_the_file_before_the_rename_and_the_rename_after(
 
 
 def test_abort_removes_temps_and_a_directory_it_created(tmp_path) -> None:
-    staging = Staging(tmp_path / "new")
+    staging = FolderOutput(tmp_path / "new")
     stage(staging, users="x")
     staging.abort()
     assert not (tmp_path / "new").exists()
 
 
 def test_abort_keeps_a_directory_that_was_there_and_other_runs_files(tmp_path) -> None:
-    other = Staging(tmp_path)
+    other = FolderOutput(tmp_path)
     stage(other, users="ID\n1\n")
-    staging = Staging(tmp_path)
+    staging = FolderOutput(tmp_path)
     stage(staging, users="ID\n2\n")
     staging.abort()
     assert [p.name for p in tmp_path.iterdir()] == [Path(other.staged_path("users")).name]
@@ -176,7 +172,7 @@ def test_a_copy_of_the_staging_commits_what_another_copy_staged(tmp_path) -> Non
     table staged through a pickled copy (a Dask worker's) is committed from the original."""
     import pickle
 
-    staging = Staging(tmp_path / "out")
+    staging = FolderOutput(tmp_path / "out")
     staged = stage(pickle.loads(pickle.dumps(staging)), users="ID\n1\n")
     stamp = staging.commit(staged, lambda stamp: b"{}\n")
     assert (tmp_path / "out" / f"users_{stamp}.csv").read_text() == "ID\n1\n"
@@ -187,10 +183,10 @@ def test_a_commit_refuses_a_table_that_is_not_what_was_written(tmp_path, damage)
     """The manifest never names a missing or short file: the commit checks each table's size
     under its final name before the manifest, and undoes everything otherwise."""
     out = tmp_path / "out"
-    earlier = Staging(out)
+    earlier = FolderOutput(out)
     earlier.commit(stage(earlier, users="ID\n1\n"), lambda stamp: b"{}\n")
     before = snapshot(out)
-    staging = Staging(out)
+    staging = FolderOutput(out)
     staged = stage(staging, users="ID\n2\n", users_flat="id\n2\n")
     flat = Path(staged["users_flat"].path)
     if damage == "truncated":
@@ -208,18 +204,18 @@ def test_a_full_disk_while_the_journal_is_written_leaves_the_output_dir_as_it_wa
 ) -> None:
     """ENOSPC on the commit journal: the failing run removes the journal itself."""
     out = tmp_path / "out"
-    earlier = Staging(out)
+    earlier = FolderOutput(out)
     earlier.commit(stage(earlier, users="ID\n1\n"), lambda stamp: b"{}\n")
     before = snapshot(out)
-    real = staging_module.fsync_file
+    real = folder_module.fsync_file
 
     def full_disk(handle) -> None:
-        if Path(handle.name).name.startswith(staging_module.JOURNAL_PREFIX):
+        if Path(handle.name).name.startswith(folder_module.JOURNAL_PREFIX):
             raise OSError(errno.ENOSPC, "No space left on device")
         real(handle)
 
-    monkeypatch.setattr(staging_module, "fsync_file", full_disk)
-    staging = Staging(out)
+    monkeypatch.setattr(folder_module, "fsync_file", full_disk)
+    staging = FolderOutput(out)
     staged = stage(staging, users="ID\n2\n")
     with pytest.raises(OSError, match="No space left"), staging:
         staging.commit(staged, lambda stamp: b"{}\n")
@@ -229,7 +225,7 @@ def test_a_full_disk_while_the_journal_is_written_leaves_the_output_dir_as_it_wa
 def test_staging_rejects_names_that_could_escape_the_directory(tmp_path) -> None:
     for bad in ("../users", "a/b", ".hidden", "x y"):
         with pytest.raises(ValueError, match="letters, digits and underscores"):
-            Staging(tmp_path).staged_path(bad)
+            FolderOutput(tmp_path).staged_path(bad)
 
 
 def test_stale_temps_of_dead_processes_are_removed_live_ones_kept(tmp_path) -> None:
@@ -258,7 +254,7 @@ _KILLED_COMMIT = """
 import os, signal, sys
 from pathlib import Path
 from placeholder_etl.core.results import StagedTable
-from placeholder_etl.core.staging import Staging
+from placeholder_etl.core.folder import FolderOutput
 
 renames = 0
 replace = Path.replace
@@ -271,7 +267,7 @@ def replace_then_die(self, target):
     return replace(self, target)
 
 Path.replace = replace_then_die
-staging = Staging(Path(sys.argv[1]))
+staging = FolderOutput(Path(sys.argv[1]))
 staged = {}
 for key in ("users", "users_flat"):
     Path(staging.staged_path(key)).write_text("ID\\n1\\n")

@@ -11,10 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from placeholder_etl.core import manifest as run_manifest
+from placeholder_etl.core.folder import FolderOutput
 from placeholder_etl.core.manifest import build_manifest
 from placeholder_etl.core.names import stamp_order
 from placeholder_etl.core.results import ChunkResult, ChunkSpec, Manifest, StagedTable, Timings
-from placeholder_etl.core.staging import Staging
 from placeholder_etl.core.verify import verify_output
 
 #: A CSV table whose second record holds a quoted newline: 3 records, 5 lines.
@@ -23,7 +23,7 @@ USERS = b'ID,Name\n1,"Leanne\nGraham"\n2,Ervin\n3,"Clementine ""C"""\n'
 
 def commit(out: Path, tables: dict[str, bytes], rows: dict[str, int], fmt: str = "csv"):
     """Stage ``tables`` and commit them with a manifest; return it."""
-    staging = Staging(out)
+    staging = FolderOutput(out)
     staged = {}
     suffix = f".{fmt}"
     for key, data in tables.items():

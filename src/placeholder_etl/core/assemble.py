@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.names import TableFormat
+from placeholder_etl.core.output import Output
 from placeholder_etl.core.plan import Totals
 from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES
 from placeholder_etl.core.results import (
@@ -12,9 +14,8 @@ from placeholder_etl.core.results import (
     StagedTable,
     TableInfo,
 )
-from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.store import Store
-from placeholder_etl.core.tables import SUFFIX, Format, build_activity, write_table
+from placeholder_etl.core.tables import SUFFIX, build_activity, write_table
 
 __all__ = [
     "assemble_tables",
@@ -41,8 +42,8 @@ def assemble_tables(
     resources: Sequence[str],
     results: Sequence[ChunkResult],
     cache: Store,
-    staging: Staging | ObjectStaging,
-    fmt: Format = "csv",
+    staging: Output,
+    fmt: TableFormat = "csv",
 ) -> dict[str, StagedTable]:
     """Write every table from its page files into ``staging``; add the activity summary when
     every resource is there.

@@ -1,7 +1,7 @@
 """A page of JSONPlaceholder records -> CSV rows of its output tables, in Arrow, without the GIL.
 
 The fast path of ``RawPage.records`` (orjson + the pydantic contract) + ``rows.py`` for one
-page (see :func:`placeholder_etl.core.pipeline.render_page`): Arrow's JSON reader parses the
+page (see :func:`placeholder_etl.core.extract.render_page`): Arrow's JSON reader parses the
 body against the contract as an explicit schema (strict: ``"3"``, ``true`` or ``3.0`` for an int, a number for a string, a
 missing field or a null all fail or show as nulls), and Arrow compute kernels build every
 output table's CSV rows. The heavy steps run in C++ (or numpy) with the GIL released, so

@@ -8,6 +8,8 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
+from placeholder_etl.core.names import TableFormat
+from placeholder_etl.core.output import Output
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.results import (
     ChunkResult,
@@ -17,8 +19,6 @@ from placeholder_etl.core.results import (
     TableInfo,
     Timings,
 )
-from placeholder_etl.core.staging import ObjectStaging, Staging
-from placeholder_etl.core.tables import Format
 
 __all__ = [
     "build_manifest",
@@ -35,7 +35,7 @@ def build_manifest(
     started: datetime,
     timings: Timings,
     flow_run_id: str | None = None,
-    fmt: Format = "csv",
+    fmt: TableFormat = "csv",
 ) -> Manifest:
     """The run's manifest before its commit (:meth:`Manifest.stamped` names the files).
 
@@ -75,7 +75,7 @@ def build_manifest(
 
 
 def commit(
-    staging: Staging | ObjectStaging,
+    staging: Output,
     staged: Mapping[str, StagedTable],
     manifest: Manifest,
     started: float,

@@ -10,34 +10,15 @@ from pathlib import Path
 from typing import Any
 
 from placeholder_etl.core import pages
-from placeholder_etl.core.staging import ObjectStaging, Staging, remove_stale_temps
+from placeholder_etl.core.atomic import remove_stale_temps
+from placeholder_etl.core.output import Output
 from placeholder_etl.core.store import Store
 
 __all__ = [
     "cache_store",
-    "output_staging",
     "remove_leftovers",
     "run_cache",
 ]
-
-
-def output_staging(
-    output_dir: str, storage_options: dict[str, Any] | None = None
-) -> Staging | ObjectStaging:
-    """The staging of a run's tables in ``output_dir``: a local folder (renamed into place
-    under a lock) or an object store (published with the manifest last).
-
-    Raises:
-        NotADirectoryError: ``output_dir`` is a file; StoreError: an unknown scheme or a
-            missing filesystem package.
-    """
-    store = Store.open(output_dir, storage_options)
-    if store.local:
-        out = Path(store.root)
-        if out.exists() and not out.is_dir():
-            raise NotADirectoryError(f"output dir {out} is a file")
-        return Staging(out)
-    return ObjectStaging(store)
 
 
 def cache_store(cache_dir: str, storage_options: dict[str, Any] | None = None) -> Store:
@@ -45,7 +26,7 @@ def cache_store(cache_dir: str, storage_options: dict[str, Any] | None = None) -
     return Store.open(cache_dir, storage_options)
 
 
-def remove_leftovers(staging: Staging | ObjectStaging, cache: Store, max_age: float) -> list[str]:
+def remove_leftovers(staging: Output, cache: Store, max_age: float) -> list[str]:
     """What killed runs left (temporary files, staging, claims) and expired page checkpoints."""
     removed = staging.remove_leftovers()
     if cache.local:

@@ -15,9 +15,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from placeholder_etl.core.names import final_name, manifest_name, stamp_of_manifest, stamp_order
+from placeholder_etl.core.names import (
+    TableFormat,
+    final_name,
+    manifest_name,
+    stamp_of_manifest,
+    stamp_order,
+)
 from placeholder_etl.core.settings import ClientSettings, Paging
 from placeholder_etl.core.store import Store
+from placeholder_etl.core.urls import is_remote, local_path
 
 __all__ = [
     "MANIFEST_SCHEMA_VERSION",
@@ -105,7 +112,7 @@ class ChunkResult(_Frozen):
         worker: where it ran (a Dask worker address, or ``host:pid``).
         flow_run_id: the flow run that fetched it (another run's id: served from cache).
         packed: the part files, compressed, when the worker is on another machine than the
-            flow (see :func:`placeholder_etl.core.pipeline.ship_parts`).
+            flow (see :func:`placeholder_etl.core.transport.ship_parts`).
         note: what the run's log should say about the chunk (paging stopped at a repeated
             page).
     """
@@ -138,7 +145,7 @@ class TableInfo(_Frozen):
 class StagedTable(_Frozen):
     """A table written under a temporary name, waiting for the commit.
 
-    What the assemble step returns (wherever it ran: a copy of the staging object sent to a
+    What the assemble step returns (wherever it ran: a copy of the output sent to a
     Dask worker records nothing the flow can see), and what the commit takes: the commit
     renames or copies ``path`` to the table's final name and checks the result is
     ``bytes`` long before it writes the manifest.
@@ -198,7 +205,7 @@ class Manifest(_Frozen):
     source: str
     resources: list[str]
     flow_run_id: str | None
-    format: Literal["csv", "parquet"] = "csv"
+    format: TableFormat = "csv"
     tables: dict[str, TableInfo]
     chunks: int
     cached_chunks: int
@@ -253,12 +260,12 @@ class Manifest(_Frozen):
     @classmethod
     def read(cls, path: str | Path) -> Manifest:
         """Load a manifest file or URL (raises ``pydantic.ValidationError`` on another schema)."""
-        if "://" in str(path):
+        if is_remote(str(path)):
             import fsspec
 
             with fsspec.open(str(path), "rb") as handle:
                 return cls.model_validate_json(handle.read())
-        return cls.model_validate_json(Path(path).read_bytes())
+        return cls.model_validate_json(Path(local_path(str(path))).read_bytes())
 
 
 class RunResult(_Frozen):

@@ -16,8 +16,10 @@ from datetime import UTC, datetime
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.manifest import build_manifest
 from placeholder_etl.core.names import manifest_name
+from placeholder_etl.core.output import Output
+from placeholder_etl.core.outputs import open_output
 from placeholder_etl.core.plan import Totals, auto_pages_per_chunk, plan_chunks
-from placeholder_etl.core.prepare import cache_store, output_staging, remove_leftovers, run_cache
+from placeholder_etl.core.prepare import cache_store, remove_leftovers, run_cache
 from placeholder_etl.core.resources import resolve_resources
 from placeholder_etl.core.results import (
     ChunkJob,
@@ -30,7 +32,6 @@ from placeholder_etl.core.results import (
     Timings,
 )
 from placeholder_etl.core.settings import FetchSettings, OutputSettings, environment
-from placeholder_etl.core.staging import ObjectStaging, Staging
 from placeholder_etl.core.store import Store
 from placeholder_etl.core.urls import check_api_url
 
@@ -54,7 +55,7 @@ class Run:
 
     api_url: str
     resources: list[str]
-    output: Staging | ObjectStaging
+    output: Output
     cache: Store
     fetch: FetchSettings
     out: OutputSettings
@@ -165,7 +166,7 @@ def start_run(
     Raises:
         PermanentError: not an http(s) URL with a host (its secrets hidden).
         NotADirectoryError, StoreError: an output that cannot be used (see
-            :func:`~placeholder_etl.core.prepare.output_staging`).
+            :func:`~placeholder_etl.core.outputs.open_output`).
     """
     try:
         root = check_api_url(api_url)
@@ -175,7 +176,7 @@ def start_run(
     return Run(
         api_url=root,
         resources=list(resolve_resources(resources)),
-        output=output_staging(output_dir),
+        output=open_output(output_dir),
         cache=cache_store(fetch.cache_url(output_dir)),
         fetch=fetch,
         out=out,

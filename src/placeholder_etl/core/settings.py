@@ -24,8 +24,9 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from placeholder_etl.core.names import TableFormat
 from placeholder_etl.core.resources import resolve_resources
-from placeholder_etl.core.urls import check_api_url
+from placeholder_etl.core.urls import check_api_url, is_remote
 
 __all__ = [
     "DEFAULT_API_URL",
@@ -52,7 +53,6 @@ DEFAULT_MAX_RECORDS = 10_000_000
 Paging = Literal["page", "start"]
 Runner = Literal["dask", "local"]
 ClusterKind = Literal["local", "saturn"]
-OutputFormat = Literal["csv", "parquet"]
 
 
 def _resource_names(value: str | list[str]) -> str | list[str]:
@@ -152,7 +152,7 @@ class FetchSettings(_Group):
         :func:`default_cache_dir`."""
         if self.cache_dir:
             return self.cache_dir
-        if "://" in output_dir and not output_dir.startswith("file://"):
+        if is_remote(output_dir):
             return output_dir.rstrip("/") + "/_placeholder_etl/cache"
         return str(default_cache_dir())
 
@@ -160,7 +160,7 @@ class FetchSettings(_Group):
 class OutputSettings(_Group):
     """What is written, besides where (``output_dir``)."""
 
-    format: OutputFormat = Field(
+    format: TableFormat = Field(
         "csv", description="File format of the tables: csv, or parquet (typed columns)."
     )
     keep_formulas: bool = Field(
@@ -245,8 +245,7 @@ class RunSettings(_Group):
 
     @model_validator(mode="after")
     def _report_reads_a_local_csv_output(self) -> Self:
-        remote = "://" in self.output_dir and not self.output_dir.startswith("file://")
-        if self.output.report and (remote or self.output.format != "csv"):
+        if self.output.report and (is_remote(self.output_dir) or self.output.format != "csv"):
             raise ValueError(
                 "report: the run report reads a local CSV output; run without --report for "
                 "an object store or Parquet"

@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from placeholder_etl.core.atomic import atomic_write
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.redact import redact_url
+from placeholder_etl.core.urls import is_remote, local_path
 
 __all__ = ["Store", "StoreError"]
 
@@ -34,11 +36,6 @@ _PACKAGES = {
 
 class StoreError(PermanentError):
     """A folder URL that cannot be used: an unknown scheme, or its package is missing."""
-
-
-def is_local(url: str) -> bool:
-    """Whether ``url`` is a plain path or a ``file://`` URL."""
-    return "://" not in url or url.startswith(("file://", "local://"))
 
 
 @dataclass
@@ -66,8 +63,8 @@ class Store:
         import fsspec
 
         options = dict(storage_options or {})
-        if is_local(url):
-            url = str(Path(url.removeprefix("file://")).expanduser().resolve())
+        if not is_remote(url):
+            url = str(Path(local_path(url)).expanduser().resolve())
         else:
             options.setdefault("use_listings_cache", False)  # list what is there now
         try:
@@ -155,8 +152,6 @@ class Store:
             FileExistsError: ``exclusive`` and ``path`` exists.
         """
         if self.local:
-            from placeholder_etl.core.staging import atomic_write
-
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(Path(path), exclusive=exclusive, sync=sync) as handle:
                 handle.write(data)
@@ -177,8 +172,6 @@ class Store:
             FileExistsError: ``exclusive`` and ``path`` exists.
         """
         if self.local:
-            from placeholder_etl.core.staging import atomic_write
-
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(Path(path), exclusive=exclusive) as handle:
                 yield handle

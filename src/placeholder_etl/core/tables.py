@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, Any, Literal
+from typing import IO, Any
 
 from placeholder_etl.core.errors import PermanentError
+from placeholder_etl.core.names import TableFormat
 from placeholder_etl.core.resources import ACTIVITY_TABLE
 from placeholder_etl.core.results import TableInfo
 from placeholder_etl.core.rows import FLAT_COLUMNS, SEED_COLUMNS, csv_header
@@ -23,7 +24,6 @@ from placeholder_etl.core.store import Store
 
 __all__ = ["SUFFIX", "build_activity", "write_table"]
 
-Format = Literal["csv", "parquet"]
 SUFFIX: dict[str, str] = {"csv": ".csv", "parquet": ".parquet"}
 _BLOCK = 1 << 20
 
@@ -105,7 +105,7 @@ def write_table(
     parts: Sequence[str],
     out: IO[bytes],
     rows: int,
-    fmt: Format = "csv",
+    fmt: TableFormat = "csv",
     ordered: bool = True,
 ) -> TableInfo:
     """Write ``table`` from its page files (in page order) to ``out``.
@@ -228,7 +228,7 @@ _ACTIVITY_INPUTS = {
 
 
 def build_activity(
-    store: Store, flat_tables: Mapping[str, str], out: IO[bytes], fmt: Format = "csv"
+    store: Store, flat_tables: Mapping[str, str], out: IO[bytes], fmt: TableFormat = "csv"
 ) -> TableInfo:
     """Write the per-user activity summary from the flattened tables.
 

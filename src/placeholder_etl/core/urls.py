@@ -1,4 +1,4 @@
-"""The API's URLs, built with :mod:`urllib.parse`, never joined as strings.
+"""URLs: the API's, built with :mod:`urllib.parse`, never joined as strings; folders' URLs.
 
 The API root may carry a path (``https://host/api``) and a query (``?api_key=K``): every
 request keeps both. The root is checked before any work (:func:`check_api_url`), and
@@ -11,7 +11,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from placeholder_etl.core.redact import redact, redact_url
 
-__all__ = ["check_api_url", "origin", "resource_url", "same_origin"]
+__all__ = [
+    "check_api_url",
+    "is_remote",
+    "local_path",
+    "origin",
+    "resource_url",
+    "same_origin",
+]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -71,3 +78,14 @@ def origin(url: str) -> str:
 def same_origin(a: str, b: str) -> bool:
     """Whether ``a`` and ``b`` share their scheme, host and port."""
     return origin(a) == origin(b)
+
+
+def is_remote(url: str) -> bool:
+    """Whether a folder or file ``url`` is on an object store (``s3://``, ``gs://``, ...),
+    not a plain path or a ``file://``/``local://`` URL on this machine."""
+    return "://" in url and not url.startswith(("file://", "local://"))
+
+
+def local_path(url: str) -> str:
+    """The path of a local ``url`` (a plain path, or a ``file://``/``local://`` URL)."""
+    return url.removeprefix("file://").removeprefix("local://")
