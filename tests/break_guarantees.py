@@ -198,7 +198,7 @@ MUTATIONS = (
         "frame = frame.sort_values",
         (
             T
-            + "unit/test_pipeline_steps.py::test_unordered_parts_are_sorted_and_the_first_occurrence_wins",
+            + "unit/test_assemble.py::test_unordered_parts_are_sorted_and_the_first_occurrence_wins",
             T + "integration/test_hostile.py::test_duplicate_ids_across_pages_are_dropped",
         ),
     ),
@@ -211,7 +211,7 @@ MUTATIONS = (
         'frame = frame.drop_duplicates("_id", keep="last").sort_values',
         (
             T
-            + "unit/test_pipeline_steps.py::test_unordered_parts_are_sorted_and_the_first_occurrence_wins",
+            + "unit/test_assemble.py::test_unordered_parts_are_sorted_and_the_first_occurrence_wins",
             T + "integration/test_hostile.py::test_duplicate_ids_across_pages_are_dropped",
         ),
     ),
@@ -223,7 +223,7 @@ MUTATIONS = (
         '.sort_values("_id", kind="stable").drop(columns="_id")',
         '.drop(columns="_id")',
         (
-            T + "unit/test_pipeline_steps.py::test_assemble_tables_stages_every_table",
+            T + "unit/test_assemble.py::test_assemble_tables_stages_every_table",
             T + "integration/test_hostile.py::test_pages_out_of_order_are_sorted_by_id",
         ),
     ),
@@ -287,7 +287,7 @@ MUTATIONS = (
         "    if not keep_formulas and _has_formula(rows):",
         "    if False:",
         (
-            T + "unit/test_pipeline_steps.py::test_formula_guarding_follows_keep_formulas",
+            T + "unit/test_extract.py::test_formula_guarding_follows_keep_formulas",
             T + "integration/test_hostile.py::test_formulas_are_neutralised_by_default",
         ),
         also=(
@@ -318,7 +318,7 @@ MUTATIONS = (
         (
             T + "unit/test_staging.py::test_staging_rejects_names_that_could_escape_the_directory",
             T
-            + "unit/test_pipeline_steps.py::test_either_staging_refuses_names_that_could_escape_the_output",
+            + "unit/test_prepare.py::test_either_staging_refuses_names_that_could_escape_the_output",
         ),
     ),
     Mutation(
@@ -349,8 +349,7 @@ MUTATIONS = (
         '        options["cache_expiration"] = timedelta(hours=fetch.cache_hours)',
         "        pass",
         (
-            T
-            + "unit/test_pipeline_steps.py::test_checkpoints_older_than_the_cache_window_are_not_reused",
+            T + "unit/test_extract.py::test_checkpoints_older_than_the_cache_window_are_not_reused",
             T + "integration/test_flow.py::test_cached_pages_expire_after_cache_hours",
         ),
         # pages are cached twice: Prefect's task cache and the page checkpoints (reused while
@@ -415,7 +414,7 @@ MUTATIONS = (
         "        fields = (spec.api_url, spec.resource, spec.total, spec.paging)",
         (
             T
-            + "unit/test_pipeline_steps.py::test_page_checkpoints_are_kept_apart_by_every_setting_that_decides_their_rows",
+            + "unit/test_extract.py::test_page_checkpoints_are_kept_apart_by_every_setting_that_decides_their_rows",
             T + "integration/test_flow.py::test_another_page_size_or_paging_is_a_cache_miss",
         ),
     ),
