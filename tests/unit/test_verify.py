@@ -127,3 +127,12 @@ def test_stamps_sort_by_time_then_by_their_counter() -> None:
 def test_no_manifest_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="no committed run"):
         Manifest.latest(str(tmp_path))
+
+
+def test_a_manifest_with_the_old_breaches_count_still_reads() -> None:
+    from placeholder_etl.core.results import ContractSummary
+
+    old = ContractSummary.model_validate({"records_checked": {"users": 10}, "breaches": 0})
+    assert old.model_dump() == {"records_checked": {"users": 10}}
+    with pytest.raises(ValueError, match="breaches"):
+        ContractSummary.model_validate({"records_checked": {"users": 10}, "breaches": 1})

@@ -11,9 +11,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from placeholder_etl.core.names import (
     TableFormat,
@@ -168,10 +168,21 @@ class StagedTable(_Frozen):
 
 
 class ContractSummary(_Frozen):
-    """Records checked against the contract per resource (a breach fails the run)."""
+    """Records checked against the contract per resource.
+
+    A breach fails the run, so a committed run has none and no count is kept. Manifests written
+    before carry ``breaches: 0``; reading them drops it.
+    """
 
     records_checked: dict[str, int]
-    breaches: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def drop_breaches(cls, data: Any) -> Any:
+        """Drop the always-zero ``breaches`` count older manifests carry."""
+        if isinstance(data, dict) and data.get("breaches") == 0:
+            return {key: value for key, value in data.items() if key != "breaches"}
+        return data
 
 
 class Timings(_Frozen):
