@@ -31,6 +31,7 @@ from placeholder_etl.core.settings import (
     RunSettings,
     environment,
 )
+from placeholder_etl.runtime import prepare_process
 
 __all__ = ["ENV_DEFAULTS", "SettingsError", "app", "run_option_names", "settings_from_options"]
 
@@ -40,6 +41,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def prepare() -> None:
+    """ETL of a JSONPlaceholder-style API into CSV, on Prefect 3 and Dask."""
+    prepare_process()  # before any command imports Prefect
+
 
 #: The setting groups of a run, by their field name in :class:`RunSettings`.
 GROUPS: dict[str, type[BaseModel]] = {

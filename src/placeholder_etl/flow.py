@@ -46,6 +46,7 @@ from placeholder_etl.core.store import Store
 from placeholder_etl.core.urls import check_api_url
 from placeholder_etl.notify import notify_failure
 from placeholder_etl.progress import track
+from placeholder_etl.runtime import prepare_process
 from placeholder_etl.task_runner import ChosenAtStart
 from placeholder_etl.tasks import (
     assemble_tables_task,
@@ -90,6 +91,7 @@ def etl(
     When ``$PLACEHOLDER_ETL_NOTIFY_WEBHOOK`` is set, a run that fails or crashes (after its
     retries) posts a Slack-compatible message there (:mod:`placeholder_etl.notify`).
     """
+    prepare_process()  # log filters and Arrow's allocator, in this process (once)
     guard_secrets(api_url)  # before anything is logged that could show them
     logger = get_run_logger()
     started, clock = datetime.now(UTC), time.perf_counter()

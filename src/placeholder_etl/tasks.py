@@ -9,7 +9,6 @@ paging, the cache folder and the formula setting — never how patiently it is f
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -44,20 +43,6 @@ __all__ = [
     "render_report_task",
     "task_options",
 ]
-
-
-class _ThreadTimeoutNotice(logging.Filter):
-    """Drop Prefect's per-task notice that timeouts cannot interrupt a worker thread.
-
-    Every blocking call here has its own deadline (the request timeout), so the task's
-    ``timeout_seconds`` is a backstop and the notice on every task run is noise.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Timeout of %s seconds configured")
-
-
-logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 
 def guard_secrets(api_url: str) -> None:

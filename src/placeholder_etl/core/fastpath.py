@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import struct
 from dataclasses import dataclass
 
@@ -49,12 +48,6 @@ from placeholder_etl.core.resources import TABLES
 from placeholder_etl.core.rows import FLAT_PATHS
 
 __all__ = ["PageTables", "page_tables", "warm_up"]
-
-# Arrow's default allocator (mimalloc) keeps what pages freed: a 100,000-user run peaked at
-# ~500 MiB with it, ~260 MiB with the system allocator at the same speed. An explicit
-# ARROW_DEFAULT_MEMORY_POOL still wins.
-if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-    pa.set_memory_pool(pa.system_memory_pool())
 
 _S = pa.string()
 _I = pa.int64()

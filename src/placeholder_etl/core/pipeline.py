@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from placeholder_etl.core import pages
-from placeholder_etl.core.client import ApiClient, InFlight, RawPage, ordered_map, pages_for
+from placeholder_etl.core.client import ApiClient, RawPage, pages_for
+from placeholder_etl.core.concurrency import InFlight, ordered_map
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import PageTables, page_tables
 from placeholder_etl.core.pages import Damage, Done, PageBook
