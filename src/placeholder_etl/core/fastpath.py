@@ -127,7 +127,7 @@ def _quoted_characters() -> np.ndarray:
         table[code] = quotes(chr(code))
     for char in "\x85\xa0\u2028\u2029\ufeff\U0001f600":
         if quotes(char):
-            raise ImportError(f"csv.writer quotes {char!r}: fastrows cannot match it")
+            raise ImportError(f"csv.writer quotes {char!r}: the fast path cannot match it")
     return table
 
 
@@ -169,7 +169,7 @@ def page_tables(resource: str, body: bytes, keep_formulas: bool = False) -> Page
         keep_formulas: as ``extract_chunk``'s: keep text starting with ``= + - @ \\t \\r``.
 
     Returns:
-        The tables' CSV rows, byte for byte ``_rows_for(table, page, keep_formulas)``, or
+        The tables' CSV rows, byte for byte what :mod:`placeholder_etl.core.rows` writes, or
         ``None`` when the page breaks the contract, is not JSON, or is unusual enough that
         the fast path declines it.
     """
@@ -339,7 +339,7 @@ def _coordinates(lat: pa.Array, lng: pa.Array) -> tuple[pa.Array, pa.Array]:
     has the same digits as the text, so formatting is a rewrite of the text: trailing zeros
     of the fraction dropped, at least ``.0`` kept (``"-37.3150"`` -> ``-37.315``,
     ``"-0.000"`` -> ``-0.0``). Anything else declines (Python's float() takes more, e.g.
-    ``" 1.5"``, ``"1e5"``, ``"nan"``, ``"+1"``, ``"007.5"``, ``"5"``; the old path handles
+    ``" 1.5"``, ``"1e5"``, ``"nan"``, ``"+1"``, ``"007.5"``, ``"5"``; the contract path handles
     those exactly), and so does 0 < |x| < 1e-4, where repr switches to ``1e-05`` notation.
     """
     text = pa.concat_arrays([lat, lng])

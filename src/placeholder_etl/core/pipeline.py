@@ -29,7 +29,7 @@ from placeholder_etl.core.client import ApiClient, RawPage, pages_for
 from placeholder_etl.core.concurrency import InFlight, ordered_map
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import PageTables, page_tables
-from placeholder_etl.core.pages import Damage, Done, PageBook
+from placeholder_etl.core.pages import Damage, PageBook, PageMarker
 from placeholder_etl.core.redact import redact_url
 from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES
 from placeholder_etl.core.results import (
@@ -289,7 +289,9 @@ def _page_numbers(spec: ChunkSpec) -> Iterator[int]:
     return iter(range(spec.first_page, spec.last_page + 1))
 
 
-def _ends_paging(spec: ChunkSpec, page: Done, previous: Done | None, api: ApiClient) -> str | None:
+def _ends_paging(
+    spec: ChunkSpec, page: PageMarker, previous: PageMarker | None, api: ApiClient
+) -> str | None:
     """Why the pages of an open-ended chunk end before ``page`` (it repeats the page before
     it), else None; an error when paging cannot go on.
 
@@ -362,7 +364,7 @@ def extract_chunk(
     with long_lived_objects_frozen(), ApiClient(spec.api_url, client) as api:
         window = InFlight(cap=in_flight, cores=local_slots())
 
-        def fetch(number: int) -> tuple[Done, int]:
+        def fetch(number: int) -> tuple[PageMarker, int]:
             """In a fetch thread: fetch, check, render and write one page (or reuse it)."""
             damage = book.check(done[number]) if number in done else broken.get(number)
             if number in done and damage is None:
@@ -377,7 +379,7 @@ def extract_chunk(
             window.record(got - asked, time.thread_time() - cpu)
             return page, raw.retries
 
-        previous: Done | None = None
+        previous: PageMarker | None = None
         for page, retries in ordered_map(fetch, _page_numbers(spec), window):
             note = _ends_paging(spec, page, previous, api)
             if note:
