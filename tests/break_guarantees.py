@@ -63,6 +63,7 @@ FASTPATH = "src/placeholder_etl/core/fastpath.py"
 CONTRACT = "src/placeholder_etl/core/contract.py"
 PAGES = "src/placeholder_etl/core/pages.py"
 CLIENT = "src/placeholder_etl/core/client.py"
+RESPONSES = "src/placeholder_etl/core/responses.py"
 TASKS = "src/placeholder_etl/tasks.py"
 T = "tests/"
 
@@ -154,7 +155,7 @@ MUTATIONS = (
         "5xx-permanent",
         "Transient faults are retried",
         "a 5xx is classified permanent",
-        CLIENT,
+        RESPONSES,
         "    if response.status_code == 429 or response.status_code >= 500:",
         "    if response.status_code == 429:",
         (T + "integration/test_flow.py::test_transient_errors_are_retried_by_the_task",),

@@ -108,8 +108,8 @@ def run_flow(api_url: str, out: Path | str, cache_dir: Path | str, **options: An
     short retry delays. ``cache_dir`` "" keeps the default cache. Returns the flow's
     :class:`~placeholder_etl.core.results.RunResult`.
     """
-    from placeholder_etl.cli import settings_from_options
     from placeholder_etl.flow import etl
+    from placeholder_etl.options import settings_from_options
 
     defaults = {"page_size": 10, "pages_per_task": 1, "retry_delay": 0.05}
     settings = settings_from_options(

@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from placeholder_etl.cli import ENV_DEFAULTS
 from placeholder_etl.core.settings import RunSettings
+from placeholder_etl.options import ENV_DEFAULTS
 
 NONE = "\u2013"  # an en dash: the tables' "not set"
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"

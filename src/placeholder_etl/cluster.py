@@ -168,8 +168,9 @@ def local_cluster_kwargs(
 ) -> dict[str, Any]:
     """``LocalCluster`` arguments: worker processes, or one worker in this process.
 
-    Processes: ``workers`` (default one per core), which import the tasks while they start
-    (``preload``) rather than on their first task. In this process: one worker. Either way
+    Processes: ``workers`` (default one per core), which prepare themselves and import the
+    tasks while they start (``preload``: :func:`placeholder_etl.runtime.dask_setup`) rather
+    than on their first task. In this process: one worker. Either way
     ``threads`` task threads per worker, default 1: parsing and writing hold the GIL, so
     more task threads in one process only contend for it (each task keeps its own requests
     in flight). Everything listens on 127.0.0.1 only.
@@ -188,7 +189,7 @@ def local_cluster_kwargs(
         "processes": True,
         "host": "127.0.0.1",
         "dashboard_address": "127.0.0.1:0",
-        "preload": ["placeholder_etl.flow"],
+        "preload": ["placeholder_etl.runtime"],
     }
 
 
@@ -204,11 +205,17 @@ def use_processes(records: int | None, processes: bool | None = None) -> bool:
 
 
 def _probe() -> str:
-    """Run on each worker: this package's version there, or why it cannot be imported."""
+    """Run on each worker: this package's version there, or why it cannot be imported.
+
+    A worker that has the package is prepared for the run (:func:`prepare_process`): external
+    workers are started without this package's preload.
+    """
     try:
         module = __import__(PACKAGE)
+        runtime = __import__(f"{PACKAGE}.runtime", fromlist=["prepare_process"])
     except Exception as exc:  # noqa: BLE001 - any import failure is the answer
         return f"missing: {type(exc).__name__}: {exc}"
+    runtime.prepare_process()
     return str(getattr(module, "__version__", "unknown"))
 
 

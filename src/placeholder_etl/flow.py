@@ -43,6 +43,7 @@ from placeholder_etl.core.text import plural
 from placeholder_etl.core.transport import parts_damaged, receive_parts
 from placeholder_etl.notify import notify_failure
 from placeholder_etl.progress import phase, track
+from placeholder_etl.runtime import prepare_process
 from placeholder_etl.tasks import (
     assemble_tables_task,
     count_records_task,
@@ -81,6 +82,7 @@ def etl(
     When ``$PLACEHOLDER_ETL_NOTIFY_WEBHOOK`` is set, a run that fails or crashes (after its
     retries) posts a Slack-compatible message there (:mod:`placeholder_etl.notify`).
     """
+    prepare_process()  # log filters and Arrow's allocator, in this process (once)
     guard_secrets(api_url)  # before anything is logged that could show them
     run = prepare(api_url, output_dir, resources, fetch, output)
     warm_up_in_background(cluster)  # Arrow's first page, Dask's import: while counting

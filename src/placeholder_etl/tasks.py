@@ -11,7 +11,6 @@ retries, requests in flight), left out of the key by its name, :data:`NOT_IN_CAC
 
 from __future__ import annotations
 
-import logging
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -56,20 +55,6 @@ __all__ = [
 
 #: The chunk task's argument that is not part of its cache key (how pages are fetched).
 NOT_IN_CACHE_KEY = "how"
-
-
-class _ThreadTimeoutNotice(logging.Filter):
-    """Drop Prefect's per-task notice that timeouts cannot interrupt a worker thread.
-
-    Every blocking call here has its own deadline (the request timeout), so the task's
-    ``timeout_seconds`` is a backstop and the notice on every task run is noise.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Timeout of %s seconds configured")
-
-
-logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 
 
 def guard_secrets(api_url: str) -> None:

@@ -9,7 +9,8 @@ import pytest
 import requests
 
 from placeholder_api.server import make_server
-from placeholder_etl.core.client import MAX_REDIRECTS, ApiClient, ordered_map
+from placeholder_etl.core.client import MAX_REDIRECTS, ApiClient
+from placeholder_etl.core.concurrency import ordered_map
 from placeholder_etl.core.errors import ContractError, PermanentError, TransientError
 from placeholder_etl.core.settings import ClientSettings
 from tests.helpers import gaps_by_url

@@ -10,7 +10,9 @@ import pytest
 import requests
 
 from placeholder_etl.core import client as client_module
-from placeholder_etl.core.client import ApiClient, ordered_map, pages_for
+from placeholder_etl.core import responses
+from placeholder_etl.core.client import ApiClient, pages_for
+from placeholder_etl.core.concurrency import ordered_map
 from placeholder_etl.core.contract import check_records
 from placeholder_etl.core.errors import (
     ContractError,
@@ -93,7 +95,7 @@ def test_retry_after_is_capped_at_the_setting() -> None:
 )
 def test_bodies_that_are_not_a_json_list_are_permanent(body, content_type, message) -> None:
     with pytest.raises(PermanentError) as caught:
-        client_module._decode_list(body, content_type, WHERE)
+        responses.decode_list(body, content_type, WHERE)
     assert str(caught.value).startswith(f"{WHERE}: {message}")
     with pytest.raises(PermanentError) as caught:  # a fetched page decodes the same way
         raw_page(body, content_type).records()
@@ -101,7 +103,7 @@ def test_bodies_that_are_not_a_json_list_are_permanent(body, content_type, messa
 
 
 def test_a_json_list_is_decoded() -> None:
-    assert client_module._decode_list(b'[{"id": 1}, 2]', "application/json", WHERE) == [
+    assert responses.decode_list(b'[{"id": 1}, 2]', "application/json", WHERE) == [
         {"id": 1},
         2,
     ]
@@ -131,10 +133,10 @@ def test_a_fetched_page_is_decoded_and_checked_when_asked() -> None:
 def test_x_total_count_must_be_a_whole_number(header, total, message) -> None:
     made = response(b"[]") if header is None else response(b"[]", **{"X-Total-Count": header})
     if message is None:
-        assert client_module._total_count(made, WHERE) == total
+        assert responses.total_count(made, WHERE) == total
     else:
         with pytest.raises(PermanentError, match="^" + re.escape(f"{WHERE}: {message}")):
-            client_module._total_count(made, WHERE)
+            responses.total_count(made, WHERE)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +157,7 @@ def test_x_total_count_must_be_a_whole_number(header, total, message) -> None:
     ],
 )
 def test_connection_errors_are_named_by_their_cause(text, reason) -> None:
-    assert client_module._reason(requests.ConnectionError(text)) == reason
+    assert responses.plain_reason(requests.ConnectionError(text)) == reason
 
 
 def test_pages_for_rounds_up() -> None:

@@ -231,7 +231,7 @@ PLAIN_COORDINATES = [
     "-1.5",
     "7.0010",
 ]
-# Python's float() takes these; the fast path declines them (the old path decides).
+# Python's float() takes these; the fast path declines them (the contract path decides).
 ODD_COORDINATES = [
     "0.00001",
     "-0.00009",

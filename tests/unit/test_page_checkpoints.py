@@ -15,7 +15,7 @@ import pytest
 from placeholder_api.fakedata import make_records
 from placeholder_etl.core.client import RawPage
 from placeholder_etl.core.extract import render_page
-from placeholder_etl.core.pages import Done, PageBook, checksum, count_done, page_number
+from placeholder_etl.core.pages import PageBook, PageMarker, checksum, count_done, page_number
 from placeholder_etl.core.results import ChunkResult, ChunkSpec
 from placeholder_etl.core.store import Store
 from placeholder_etl.core.transport import parts_damaged
@@ -29,7 +29,7 @@ def spec(first: int = 1, last: int = 3) -> ChunkSpec:
     )
 
 
-def write_pages(book: PageBook, numbers: range) -> dict[int, Done]:
+def write_pages(book: PageBook, numbers: range) -> dict[int, PageMarker]:
     """Check and checkpoint users pages ``numbers`` (10 records each) as a chunk does."""
     done = {}
     for number in numbers:
@@ -60,7 +60,7 @@ def test_a_marker_records_each_files_size_and_checksum(book) -> None:
     (marker,) = (p.name for p in Path(book.folder).iterdir() if ".done." in p.name)
     assert marker == done.marker()
     assert marker.startswith("p0000002.done.10.11.20.o.")
-    assert Done.parse(marker) == done
+    assert PageMarker.parse(marker) == done
     assert book.scan() == ({2: done}, {})
     assert book.check(done) is None
     assert page_number(book.file(2, "users_flat")) == (2, "users_flat")
@@ -106,7 +106,7 @@ def test_the_newest_sound_marker_of_a_page_wins(book) -> None:
     """Data changed under the same total: the page's files and marker are written anew; the
     old marker, which names other files, does not make the page damaged."""
     (old,) = write_pages(book, range(1, 2)).values()
-    stale = Done(1, 10, 1, 10, True, tuple((size + 1, "0" * 16) for size, _ in old.files))
+    stale = PageMarker(1, 10, 1, 10, True, tuple((size + 1, "0" * 16) for size, _ in old.files))
     Path(book.folder, stale.marker()).touch()
     assert book.scan() == ({1: old}, {})
 

@@ -10,7 +10,6 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from placeholder_etl.cli import ENV_DEFAULTS, SettingsError, run_option_names, settings_from_options
 from placeholder_etl.core.settings import (
     ClusterSettings,
     Environment,
@@ -18,6 +17,12 @@ from placeholder_etl.core.settings import (
     OutputSettings,
     RunSettings,
     environment,
+)
+from placeholder_etl.options import (
+    ENV_DEFAULTS,
+    SettingsError,
+    run_option_names,
+    settings_from_options,
 )
 
 

@@ -15,55 +15,39 @@ the page and the (redacted) URL, in plain words. Settings:
 
 from __future__ import annotations
 
-import heapq
 import http.client
 import itertools
-import logging
 import math
-import random
-import re
-import socket
-import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass
-from typing import Any, Self, TypeVar
+from typing import Any, Self
 from urllib.parse import urljoin
 
-import orjson
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.util.retry import Retry
 
 from placeholder_etl.core.contract import check_records
 from placeholder_etl.core.errors import PermanentError, TransientError
+from placeholder_etl.core.http import CappedRetry, Deadline, DeadlineAdapter, request_state
 from placeholder_etl.core.redact import redact, redact_url
+from placeholder_etl.core.responses import (
+    BODY_ERRORS,
+    INCOMPLETE_READ,
+    backoff_seconds,
+    check_status,
+    decode_list,
+    one_line,
+    plain_reason,
+    read_body,
+    total_count,
+)
 from placeholder_etl.core.settings import ClientSettings, Paging
 from placeholder_etl.core.urls import check_api_url, origin, resource_url, same_origin
 
-__all__ = [
-    "MAX_REDIRECTS",
-    "ApiClient",
-    "InFlight",
-    "Page",
-    "RawPage",
-    "ordered_map",
-    "pages_for",
-]
-
-T = TypeVar("T")
-R = TypeVar("R")
+__all__ = ["MAX_REDIRECTS", "ApiClient", "Page", "RawPage", "pages_for"]
 
 #: Redirects followed for one request (within the API's own scheme, host and port).
 MAX_REDIRECTS = 5
-#: The largest response body read (a page of 100,000 users is ~60 MB).
-MAX_BODY_BYTES = 1 << 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,198 +88,8 @@ class RawPage:
                 contract (the message names resource, page, URL, record id and field).
         """
         return check_records(
-            self.resource, _decode_list(self.body, self.content_type, self.where), self.where
+            self.resource, decode_list(self.body, self.content_type, self.where), self.where
         )
-
-
-class _CappedRetry(Retry):
-    """urllib3 Retry that never sleeps longer than ``max_retry_after`` for a Retry-After."""
-
-    max_retry_after: float = 30.0
-
-    def get_retry_after(self, response: Any) -> float | None:
-        after = super().get_retry_after(response)
-        return None if after is None else min(after, self.max_retry_after)
-
-
-class _RetriesAreCounted(logging.Filter):
-    """urllib3 warns at every retry; the client counts them (the manifest, "tried N times"
-    in the error), so they are shown as INFO: only where INFO is (``--verbose``)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and str(record.msg).startswith("Retrying"):
-            record.levelno, record.levelname = logging.INFO, "INFO"
-        return True
-
-
-logging.getLogger("urllib3.connectionpool").addFilter(_RetriesAreCounted())
-
-
-# --------------------------------------------------------------------------- the deadline
-
-#: What the request being made in this thread may use: its deadline and its retry budget.
-_local = threading.local()
-_lock = threading.Lock()
-
-
-class _Deadline:
-    """One request's deadline: each attempt's connect, headers and body within ``seconds``.
-
-    Armed by the connection as an attempt starts (:class:`_Connection`); when it passes, the
-    watchdog shuts the attempt's socket down, so the read blocked on it ends at once
-    however slowly the server drips. ``cut`` says the current attempt was cut, ``cuts`` how
-    many were.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.generation = 0
-        self.conn: Any = None
-        self.cut = False
-        self.cuts = 0
-        self.closed = False
-
-    def arm(self, conn: Any) -> None:
-        """A new attempt starts on ``conn`` (in the requesting thread)."""
-        with _lock:
-            self.generation += 1
-            self.conn, self.cut = conn, False
-            conn.placeholder_deadline = self
-            generation = self.generation
-        _watchdog.watch(time.monotonic() + self.seconds, self, generation)
-
-    def expire(self, generation: int) -> None:
-        """The watchdog: attempt ``generation`` is out of time; cut it if it still runs."""
-        with _lock:
-            conn = self.conn
-            if self.closed or generation != self.generation or conn is None:
-                return
-            if getattr(conn, "placeholder_deadline", None) is not self:
-                return  # the connection went back to the pool and serves another request
-            self.cut, self.cuts = True, self.cuts + 1
-            sock = conn.sock
-        if sock is not None:
-            with suppress(OSError):  # the base class's: an SSL socket's own drops its state
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        """The request is over: never cut its connection again."""
-        with _lock:
-            self.closed = True
-            if getattr(self.conn, "placeholder_deadline", None) is self:
-                self.conn.placeholder_deadline = None
-            self.conn = None
-
-
-class _Watchdog:
-    """One daemon thread that expires deadlines in time order."""
-
-    def __init__(self) -> None:
-        self._due: list[tuple[float, int, _Deadline, int]] = []
-        self._wake = threading.Condition()
-        self._order = itertools.count()
-        self._thread: threading.Thread | None = None
-
-    def watch(self, due: float, deadline: _Deadline, generation: int) -> None:
-        with self._wake:
-            heapq.heappush(self._due, (due, next(self._order), deadline, generation))
-            if self._thread is None or not self._thread.is_alive():  # also after a fork
-                self._thread = threading.Thread(
-                    target=self._run, name="request-deadlines", daemon=True
-                )
-                self._thread.start()
-            if self._due[0][2] is deadline:
-                self._wake.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._wake:
-                while True:
-                    if not self._due:
-                        self._wake.wait()
-                        continue
-                    due, _, deadline, generation = self._due[0]
-                    if deadline.closed:  # finished in time: drop it without waiting
-                        heapq.heappop(self._due)
-                        continue
-                    left = due - time.monotonic()
-                    if left <= 0:
-                        heapq.heappop(self._due)
-                        break
-                    self._wake.wait(left)
-            deadline.expire(generation)
-
-
-_watchdog = _Watchdog()
-
-
-class _ArmsDeadline:
-    """Mixed into a connection class: arms the deadline of the request made in this thread."""
-
-    placeholder_deadline: _Deadline | None = None
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        deadline = getattr(_local, "deadline", None)
-        if deadline is not None:
-            deadline.arm(self)
-        super().request(*args, **kwargs)  # type: ignore[misc]
-
-
-class _Connection(_ArmsDeadline, HTTPConnection):
-    """An HTTP connection that arms the deadline of the request made in this thread."""
-
-
-class _HTTPSConnection(_ArmsDeadline, HTTPSConnection):
-    """:class:`_Connection` over TLS."""
-
-
-class _Pool(HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS = {"http": _Pool, "https": _HTTPSPool}
-
-
-class _Adapter(HTTPAdapter):
-    """requests' adapter with the deadline's connections and a per-request retry budget.
-
-    ``max_retries`` is the budget this thread's request has left (a body that broke off
-    spent some), else the configured :class:`Retry`.
-    """
-
-    @property  # type: ignore[override]
-    def max_retries(self) -> Retry:
-        return getattr(_local, "retry", None) or self._configured_retry
-
-    @max_retries.setter
-    def max_retries(self, value: Retry) -> None:
-        self._configured_retry = value
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(_POOLS)
-
-    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
-        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
-        if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = dict(_POOLS)
-        return manager
-
-
-# --------------------------------------------------------------------------- the client
-
-#: Raised while a body is read: the attempt is retried (transient), from the same budget.
-_BODY_ERRORS = (
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ConnectionError,
-    urllib3.exceptions.HTTPError,
-    http.client.HTTPException,
-    OSError,
-)
 
 
 class _Cut(Exception):
@@ -321,7 +115,7 @@ class ApiClient:
             raise PermanentError(f"API URL {exc}") from None
         self.settings = settings or ClientSettings()
         retry_class = type(
-            "Retry", (_CappedRetry,), {"max_retry_after": self.settings.max_retry_after}
+            "Retry", (CappedRetry,), {"max_retry_after": self.settings.max_retry_after}
         )
         self._retry = retry_class(
             total=self.settings.retries,
@@ -335,7 +129,7 @@ class ApiClient:
             respect_retry_after_header=True,
             raise_on_status=False,
         )
-        adapter = _Adapter(
+        adapter = DeadlineAdapter(
             pool_connections=1, pool_maxsize=self.settings.pool_size, max_retries=self._retry
         )
         self.session = requests.Session()
@@ -385,7 +179,7 @@ class ApiClient:
             where=where,
             body=body,
             content_type=response.headers.get("Content-Type", ""),
-            total=_total_count(response, where),
+            total=total_count(response, where),
             retries=retries,
         )
 
@@ -428,8 +222,8 @@ class ApiClient:
         where = f"{resource} count from {redact_url(url)}"
         response, body, _ = self._get(url, where)
         content_type = response.headers.get("Content-Type", "")
-        records = _decode_list(body, content_type, where)
-        total = _total_count(response, where)
+        records = decode_list(body, content_type, where)
+        total = total_count(response, where)
         if resource == "users" and (total == 0 or (total is None and not records)):
             raise PermanentError(f"{where}: the users list is empty")
         return total
@@ -446,9 +240,9 @@ class ApiClient:
         current = url
         while True:
             left = settings.retries - used
-            deadline = _Deadline(settings.timeout)
-            _local.deadline = deadline
-            _local.retry = self._retry.new(total=left, connect=left, read=left, status=left)
+            deadline = Deadline(settings.timeout)
+            request_state.deadline = deadline
+            request_state.retry = self._retry.new(total=left, connect=left, read=left, status=left)
             response: requests.Response | None = None
             try:
                 response = self._send(current, where, deadline)
@@ -458,24 +252,24 @@ class ApiClient:
                     current = self._redirect(response, current, where, hops)
                     hops += 1
                     continue
-                _check_status(response, where, used + 1)
-                body = _read_body(response, where)
+                check_status(response, where, used + 1)
+                body = read_body(response, where)
                 if deadline.cut:
                     raise _Cut
                 return response, body, used
-            except (_Cut, *_BODY_ERRORS) as exc:
+            except (_Cut, *BODY_ERRORS) as exc:
                 used += 1
                 problem = self._body_problem(exc, deadline)
                 if used > settings.retries:
                     raise TransientError(f"{where}: {problem} (tried {used} times)") from None
-                time.sleep(_backoff(settings.backoff, used))
+                time.sleep(backoff_seconds(settings.backoff, used))
             finally:
-                _local.deadline = _local.retry = None
+                request_state.deadline = request_state.retry = None
                 deadline.close()
                 if response is not None:
                     response.close()
 
-    def _send(self, url: str, where: str, deadline: _Deadline) -> requests.Response:
+    def _send(self, url: str, where: str, deadline: Deadline) -> requests.Response:
         """One ``session.get`` (urllib3 retrying within it), its exceptions classified."""
         settings = self.settings
         try:
@@ -489,10 +283,12 @@ class ApiClient:
             requests.exceptions.URLRequired,
             ValueError,  # e.g. a host name IDNA cannot encode
         ) as exc:
-            raise PermanentError(f"{where}: the URL cannot be requested ({_text(exc)})") from None
+            raise PermanentError(
+                f"{where}: the URL cannot be requested ({one_line(exc)})"
+            ) from None
         except requests.exceptions.SSLError as exc:
             raise PermanentError(
-                f"{where}: the TLS connection failed ({_reason(exc)}); check the "
+                f"{where}: the TLS connection failed ({plain_reason(exc)}); check the "
                 "certificate or use http://"
             ) from None
         except requests.exceptions.RequestException as exc:
@@ -501,14 +297,14 @@ class ApiClient:
             if deadline.cuts or timed_out:
                 problem = f"no answer within {settings.timeout:g} s"
             elif isinstance(exc, requests.exceptions.ConnectionError):
-                problem = f"connection failed ({_reason(exc)})"
+                problem = f"connection failed ({plain_reason(exc)})"
             else:
-                problem = f"the request failed ({_reason(exc)})"
+                problem = f"the request failed ({plain_reason(exc)})"
             raise TransientError(f"{where}: {problem} (tried {tried} times)") from None
         except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
             tried = settings.retries + 1
             raise TransientError(
-                f"{where}: connection failed ({_reason(exc)}) (tried {tried} times)"
+                f"{where}: connection failed ({plain_reason(exc)}) (tried {tried} times)"
             ) from None
 
     def _redirect(self, response: requests.Response, current: str, where: str, hops: int) -> str:
@@ -536,173 +332,19 @@ class ApiClient:
             )
         return target
 
-    def _body_problem(self, exc: BaseException, deadline: _Deadline) -> str:
+    def _body_problem(self, exc: BaseException, deadline: Deadline) -> str:
         if isinstance(exc, _Cut) or deadline.cut:
             return f"no answer within {self.settings.timeout:g} s"
-        short = _INCOMPLETE.search(str(exc))
+        short = INCOMPLETE_READ.search(str(exc))
         if short:
             got, missing = short.groups()
             return (
                 f"the response broke off after {got} bytes, {missing} bytes short of its "
                 "Content-Length"
             )
-        return f"the response broke off ({_reason(exc)})"
-
-
-_INCOMPLETE = re.compile(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)")
-
-
-def _check_status(response: requests.Response, where: str, tried: int) -> None:
-    if response.status_code < 400:
-        return
-    reason = redact(f"HTTP {response.status_code} {response.reason or ''}".rstrip())
-    if response.status_code == 429 or response.status_code >= 500:
-        raise TransientError(f"{where}: {reason} (tried {tried} times)")
-    raise PermanentError(f"{where}: {reason}")
-
-
-def _read_body(response: requests.Response, where: str) -> bytes:
-    """The whole body (at most :data:`MAX_BODY_BYTES`), decoded per ``Content-Encoding``."""
-    chunks, size = [], 0
-    try:
-        for chunk in response.iter_content(1 << 20):
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise PermanentError(
-                    f"{where}: the response is larger than {MAX_BODY_BYTES >> 20} MiB"
-                )
-            chunks.append(chunk)
-    except requests.exceptions.ContentDecodingError as exc:
-        encoding = response.headers.get("Content-Encoding", "")
-        raise PermanentError(
-            f"{where}: the response's Content-Encoding ({encoding}) does not decode "
-            f"({_reason(exc)})"
-        ) from None
-    return b"".join(chunks)
-
-
-def _decode_list(body: bytes, content_type: str, where: str) -> list[Any]:
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        kind = "HTML" if "html" in content_type or body.lstrip()[:1] == b"<" else "not JSON"
-        detail = "response is an HTML page, not JSON" if kind == "HTML" else "response is not JSON"
-        if "utf-8" in str(exc).lower():
-            detail = "response is not valid UTF-8 JSON"
-        snippet = body[:60].decode("utf-8", "replace").replace("\n", " ")
-        raise PermanentError(
-            f"{where}: {detail} ({content_type or 'no content type'}: {snippet!r}…)"
-        ) from None
-    if not isinstance(data, list):
-        raise PermanentError(f"{where}: response is not a JSON list (got {type(data).__name__})")
-    return data
-
-
-def _total_count(response: requests.Response, where: str) -> int | None:
-    raw = response.headers.get("X-Total-Count")
-    if raw is None:
-        return None
-    try:
-        total = int(raw)
-    except ValueError:
-        raise PermanentError(f"{where}: X-Total-Count is not a number ({raw!r})") from None
-    if total < 0:
-        raise PermanentError(f"{where}: X-Total-Count is negative ({total})")
-    return total
-
-
-def _backoff(factor: float, retry: int) -> float:
-    """urllib3's backoff before retry number ``retry``: none, then factor x 2, x 4 …,
-    plus a jitter of up to factor / 2."""
-    if retry <= 1:
-        return 0.0
-    return min(120.0, factor * 2 ** (retry - 1) + random.random() * factor / 2)
-
-
-_REASONS = (
-    ("Connection reset by peer", "connection reset by the server"),
-    ("Connection refused", "connection refused"),
-    ("RemoteDisconnected", "server closed the connection without answering"),
-    ("IncompleteRead", "the body was shorter than its Content-Length"),
-    ("InvalidChunkLength", "a chunk of the body was malformed"),
-    ("Response ended prematurely", "the body ended before its last chunk"),
-    ("Connection broken", "the connection broke while the body was read"),
-    ("Connection aborted", "connection aborted"),
-    ("Name or service not known", "host name not found"),
-    ("nodename nor servname", "host name not found"),
-    ("Temporary failure in name resolution", "host name not found"),
-    ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
-    ("incorrect header check", "not valid gzip/deflate data"),
-    ("Received response with content-encoding", "not valid compressed data"),
-)
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost, most specific cause of a requests/urllib3 error, in plain words."""
-    text = str(exc)
-    for marker, reason in _REASONS:
-        if marker in text:
-            return reason
-    return type(exc).__name__
-
-
-def _text(exc: BaseException) -> str:
-    """An exception's message on one line, secrets hidden, at most 200 characters."""
-    return redact(" ".join(str(exc).split()))[:200] or type(exc).__name__
+        return f"the response broke off ({plain_reason(exc)})"
 
 
 def pages_for(total: int, page_size: int) -> int:
     """Number of pages of ``page_size`` records needed for ``total`` records."""
     return math.ceil(total / page_size)
-
-
-class InFlight:
-    """How many requests to keep in flight: enough to hide the API's latency, at most ``cap``.
-
-    Little's law: to keep ``cores`` busy with pages that each wait ``wait`` seconds for the
-    API and then take ``work`` seconds of CPU, about ``cores * (wait + work) / work`` pages
-    must be on their way. Fetchers :meth:`record` both (``work`` as the thread's CPU time,
-    which contention does not inflate; moving averages); the window
-    grows while latency dominates and shrinks when the work is CPU-bound, so a fast API is
-    not flooded with threads that only contend for the cores, and a slow one gets up to
-    ``cap`` requests at once — never more (a real API's limit, see ``--in-flight``).
-    """
-
-    def __init__(self, cap: int, cores: int = 2) -> None:
-        self.cap, self.cores = max(1, cap), max(1, cores)
-        self.size = self.cap  # until the first pages say otherwise
-        self._wait: float | None = None
-        self._work: float | None = None
-
-    def __int__(self) -> int:
-        return self.size
-
-    def record(self, wait: float, work: float) -> None:
-        """One page took ``wait`` seconds from the API and ``work`` seconds to process."""
-        self._wait = wait if self._wait is None else 0.7 * self._wait + 0.3 * wait
-        self._work = work if self._work is None else 0.7 * self._work + 0.3 * work
-        busy = max(self._work, 1e-4)
-        wanted = math.ceil(self.cores * (self._wait + busy) / busy)
-        self.size = max(1, min(self.cap, wanted))
-
-
-def ordered_map(fn: Callable[[T], R], items: Iterable[T], in_flight: int | InFlight) -> Iterator[R]:
-    """Like ``map`` over a thread pool, in order, with at most ``in_flight`` calls pending.
-
-    ``in_flight`` may be an :class:`InFlight`, whose size is read before every submission.
-    Unlike ``Executor.map`` it does not submit everything up front, so memory stays bounded
-    by the window however many items there are.
-    """
-    cap = in_flight.cap if isinstance(in_flight, InFlight) else in_flight
-    with ThreadPoolExecutor(max_workers=cap, thread_name_prefix="fetch") as pool:
-        pending: deque[Future[R]] = deque()
-        try:
-            for item in items:
-                pending.append(pool.submit(fn, item))
-                while len(pending) >= int(in_flight):
-                    yield pending.popleft().result()
-            while pending:
-                yield pending.popleft().result()
-        finally:
-            for future in pending:
-                future.cancel()

@@ -15,10 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from operator import itemgetter
 
-from placeholder_etl.core.client import ApiClient, InFlight, RawPage, ordered_map, pages_for
+from placeholder_etl.core.client import ApiClient, RawPage, pages_for
+from placeholder_etl.core.concurrency import InFlight, ordered_map
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.fastpath import PageTables, page_tables
-from placeholder_etl.core.pages import Damage, Done, PageBook
+from placeholder_etl.core.pages import Damage, PageBook, PageMarker
 from placeholder_etl.core.resources import TABLES
 from placeholder_etl.core.results import (
     ChunkResult,
@@ -110,7 +111,9 @@ def _page_numbers(spec: ChunkSpec) -> Iterator[int]:
     return iter(range(spec.first_page, spec.last_page + 1))
 
 
-def _ends_paging(spec: ChunkSpec, page: Done, previous: Done | None, api: ApiClient) -> str | None:
+def _ends_paging(
+    spec: ChunkSpec, page: PageMarker, previous: PageMarker | None, api: ApiClient
+) -> str | None:
     """Why the pages of an open-ended chunk end before ``page`` (it repeats the page before
     it), else None; an error when paging cannot go on.
 
@@ -183,7 +186,7 @@ def extract_chunk(
     with long_lived_objects_frozen(), ApiClient(spec.api_url, client) as api:
         window = InFlight(cap=in_flight, cores=local_slots())
 
-        def fetch(number: int) -> tuple[Done, int | None]:
+        def fetch(number: int) -> tuple[PageMarker, int | None]:
             """In a fetch thread: fetch, check, render and write one page, or reuse it.
 
             Returns:
@@ -202,7 +205,7 @@ def extract_chunk(
             window.record(got - asked, time.thread_time() - cpu)
             return page, raw.retries
 
-        previous: Done | None = None
+        previous: PageMarker | None = None
         for page, retries in ordered_map(fetch, _page_numbers(spec), window):
             note = _ends_paging(spec, page, previous, api)
             if note:

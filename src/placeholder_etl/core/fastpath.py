@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -51,12 +50,6 @@ from placeholder_etl.core.rows import FLAT_PATHS
 from placeholder_etl.core.schema import FIELDS, SEED, nested
 
 __all__ = ["PageTables", "page_tables", "warm_up"]
-
-# Arrow's default allocator (mimalloc) keeps what pages freed: a 100,000-user run peaked at
-# ~500 MiB with it, ~260 MiB with the system allocator at the same speed. An explicit
-# ARROW_DEFAULT_MEMORY_POOL still wins.
-if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
-    pa.set_memory_pool(pa.system_memory_pool())
 
 _S = pa.string()
 _I = pa.int64()
@@ -129,7 +122,7 @@ def _quoted_characters() -> np.ndarray:
         table[code] = quotes(chr(code))
     for char in "\x85\xa0\u2028\u2029\ufeff\U0001f600":
         if quotes(char):
-            raise ImportError(f"csv.writer quotes {char!r}: fastrows cannot match it")
+            raise ImportError(f"csv.writer quotes {char!r}: the fast path cannot match it")
     return table
 
 
@@ -171,7 +164,7 @@ def page_tables(resource: str, body: bytes, keep_formulas: bool = False) -> Page
         keep_formulas: as ``extract_chunk``'s: keep text starting with ``= + - @ \\t \\r``.
 
     Returns:
-        The tables' CSV rows, byte for byte what the pydantic path renders, or
+        The tables' CSV rows, byte for byte what :mod:`placeholder_etl.core.rows` writes, or
         ``None`` when the page breaks the contract, is not JSON, or is unusual enough that
         the fast path declines it.
     """
@@ -341,7 +334,7 @@ def _coordinates(lat: pa.Array, lng: pa.Array) -> tuple[pa.Array, pa.Array]:
     has the same digits as the text, so formatting is a rewrite of the text: trailing zeros
     of the fraction dropped, at least ``.0`` kept (``"-37.3150"`` -> ``-37.315``,
     ``"-0.000"`` -> ``-0.0``). Anything else declines (Python's float() takes more, e.g.
-    ``" 1.5"``, ``"1e5"``, ``"nan"``, ``"+1"``, ``"007.5"``, ``"5"``; the old path handles
+    ``" 1.5"``, ``"1e5"``, ``"nan"``, ``"+1"``, ``"007.5"``, ``"5"``; the contract path handles
     those exactly), and so does 0 < |x| < 1e-4, where repr switches to ``1e-05`` notation.
     """
     text = pa.concat_arrays([lat, lng])

@@ -40,7 +40,7 @@ from placeholder_etl.core.resources import TABLES
 from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
 
-__all__ = ["Damage", "Done", "PageBook", "checksum", "count_done", "expire", "page_number"]
+__all__ = ["Damage", "PageBook", "PageMarker", "checksum", "count_done", "expire", "page_number"]
 
 _ORDERED = {"o": True, "u": False}
 _SUM = re.compile(r"[0-9a-f]{16}")
@@ -61,7 +61,7 @@ def checksum(data: bytes) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Done:
+class PageMarker:
     """What a checkpointed page held, and its files (read back from its marker's name).
 
     Attributes:
@@ -84,7 +84,7 @@ class Done:
         return f"p{self.number:07d}.done.{self.rows}.{first}.{last}.{flag}{files}"
 
     @classmethod
-    def parse(cls, name: str) -> Done | None:
+    def parse(cls, name: str) -> PageMarker | None:
         """The page a marker name describes (None: not a marker, or one of an older format
         that records no files)."""
         parts = name.split(".")
@@ -132,11 +132,11 @@ class PageBook:
         """The path of page ``number``'s rows of ``table``."""
         return f"{self.folder}/p{number:07d}.{table}.csv"
 
-    def done(self, max_age: float | None = None) -> dict[int, Done]:
+    def done(self, max_age: float | None = None) -> dict[int, PageMarker]:
         """Pages whose checkpoint is complete, by the listing (see :meth:`scan`)."""
         return self.scan(max_age)[0]
 
-    def scan(self, max_age: float | None = None) -> tuple[dict[int, Done], dict[int, Damage]]:
+    def scan(self, max_age: float | None = None) -> tuple[dict[int, PageMarker], dict[int, Damage]]:
         """One listing of the folder: the pages done, and the checkpointed pages that are not.
 
         A page is done when it has a marker younger than ``max_age`` seconds and every file the
@@ -146,10 +146,10 @@ class PageBook:
         """
         oldest = time.time() - max_age if max_age is not None else None
         listing = self.store.listing(self.folder)
-        found: dict[int, tuple[float, Done]] = {}
+        found: dict[int, tuple[float, PageMarker]] = {}
         broken: dict[int, Damage] = {}
         for name, info in listing.items():
-            done = Done.parse(name)
+            done = PageMarker.parse(name)
             if done is None or (oldest is not None and info["mtime"] < oldest):
                 continue
             damage = self._damage(done, listing)
@@ -161,7 +161,7 @@ class PageBook:
         pages = {number: done for number, (_, done) in found.items()}
         return pages, {n: damage for n, damage in broken.items() if n not in pages}
 
-    def _damage(self, done: Done, listing: dict[str, dict]) -> Damage | None:
+    def _damage(self, done: PageMarker, listing: dict[str, dict]) -> Damage | None:
         """What the listing shows wrong with ``done``'s files (None: all there, right sizes)."""
         if len(done.files) != len(self.tables):
             return "damaged"
@@ -173,7 +173,7 @@ class PageBook:
                 return "damaged"
         return None
 
-    def check(self, done: Done) -> Damage | None:
+    def check(self, done: PageMarker) -> Damage | None:
         """Read ``done``'s files back: None when each has the checksum its marker records.
 
         For a page :meth:`scan` found done (the sizes are right); a file gone since is
@@ -193,7 +193,7 @@ class PageBook:
                 return "damaged"
         return None
 
-    def write(self, number: int, page: PageTables) -> Done:
+    def write(self, number: int, page: PageTables) -> PageMarker:
         """Checkpoint page ``number``: its tables' files, then its marker naming their sizes
         and checksums.
 
@@ -205,7 +205,9 @@ class PageBook:
             data = page.tables[table]
             self.store.put(self.file(number, table), data, sync=False)
             files.append((len(data), checksum(data)))
-        done = Done(number, page.rows, page.first_id, page.last_id, page.ordered, tuple(files))
+        done = PageMarker(
+            number, page.rows, page.first_id, page.last_id, page.ordered, tuple(files)
+        )
         self.store.put(f"{self.folder}/{done.marker()}", b"", sync=False)
         return done
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from placeholder_etl.core.client import ApiClient, ordered_map, pages_for
+from placeholder_etl.core.client import ApiClient, pages_for
+from placeholder_etl.core.concurrency import ordered_map
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.results import (
     ChunkSpec,
