@@ -65,7 +65,7 @@ def run_etl(
     started = time.perf_counter()
     register_url_secrets(settings.api_url)
     console = Console(highlight=False, soft_wrap=True, quiet=verbosity == "quiet")
-    source = settings.api_url
+    bundled: str | None = None  # the bundled API, named for what it was (it stops first)
     with ExitStack() as stack:
         from placeholder_etl.prefect_api import start_server_if_needed
 
@@ -78,7 +78,7 @@ def run_etl(
 
             url = stack.enter_context(bundled_server(users=bundled_users))
             settings = settings.model_copy(update={"api_url": url})
-            source = f"the bundled API ({plural(bundled_users, 'user')})"
+            bundled = f"the bundled API ({plural(bundled_users, 'user')})"
             console.print(f"Bundled API: {plural(bundled_users, 'user')} at {url}")
         from placeholder_etl.flow import etl
         from placeholder_etl.prefect_api import drain, prefect_api
@@ -97,6 +97,7 @@ def run_etl(
             sys.stdout.flush()
             print(f"error: {_one_line(exc)}", file=sys.stderr, flush=True)
             return 1
+    source = bundled or result.manifest.source  # the manifest's: secrets hidden
     _print_result(console, result, source, time.perf_counter() - started, ui)
     if verbosity == "quiet":
         print(f"output: {result.output_dir}\nmanifest: {result.manifest_file}")
