@@ -358,10 +358,14 @@ MUTATIONS = (
         also=(
             (
                 PAGES,
-                '            if done is None or (oldest is not None and info["mtime"] < oldest):',
-                "            if done is None:",
+                "            if max_age is None or now - mtime <= max_age:",
+                "            if True:",
             ),
-            (PAGES, "        if newest < oldest:", "        if False:"),
+            (
+                PAGES,
+                "        if now - newest > max_age + (KEPT_FOR_REVALIDATION if validated else 0):",
+                "        if False:",
+            ),
         ),
     ),
     Mutation(

@@ -48,6 +48,7 @@ class Snapshot:
         rows: rows in the pages done.
         seconds: since the pages started.
         final: the last snapshot of the run's pages.
+        revalidated: pages done that the API answered ``304 Not Modified`` (no body).
     """
 
     pages: int
@@ -55,6 +56,7 @@ class Snapshot:
     rows: int
     seconds: float
     final: bool = False
+    revalidated: int = 0
 
     @property
     def percent(self) -> float | None:
@@ -76,11 +78,14 @@ class Snapshot:
         return self.seconds * (self.total_pages - self.pages) / self.pages
 
     def line(self) -> str:
-        """One plain line: ``40% · 400/1,000 pages · 400,000 rows · 80,000 rows/s · ETA 8 s``."""
+        """One plain line: ``40% · 400/1,000 pages · 400,000 rows · 80,000 rows/s · ETA 8 s``
+        (``· 300 revalidated`` after the pages when a ``304`` renewed some)."""
         pages = plural(self.total_pages or self.pages, "page")
         if self.total_pages:
             pages = f"{self.pages:,}/{pages}"
         parts = [pages, plural(self.rows, "row"), f"{self.rate:,.0f} rows/s"]
+        if self.revalidated:
+            parts.insert(1, f"{self.revalidated:,} revalidated")
         if self.percent is not None:
             parts.insert(0, f"{self.percent:.0f}%")
         if self.eta is not None:
@@ -131,9 +136,13 @@ def track(
     chunks: list[ChunkSpec],
     total_pages: int | None,
     keep_formulas: bool,
+    max_age: float | None = None,
     interval: float = 1.0,
 ) -> None:
     """Report progress until every future in ``futures`` is done (it does not raise).
+
+    Pages count once checkpointed and younger than ``max_age`` seconds (the cache's
+    lifetime; stale pages count once a ``304`` renews them).
 
     Updates the flow run's progress artifact at most every ``2 * interval`` seconds, and the
     listeners every ``interval`` seconds.
@@ -141,7 +150,7 @@ def track(
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
     from prefect.runtime import flow_run
 
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time() - 1.0  # 1 s: the store's clock may lag
     artifact = create_progress_artifact(
         0.0, key=ARTIFACT_KEY, description="Pages fetched, checked and written"
     )
@@ -149,8 +158,9 @@ def track(
     last_artifact = 0.0
 
     def snapshot(final: bool = False) -> Snapshot:
-        pages, rows = count_done(cache, chunks, keep_formulas)
-        return Snapshot(pages, total_pages, rows, time.monotonic() - started, final)
+        done = count_done(cache, chunks, keep_formulas, max_age, since)
+        seconds = time.monotonic() - started
+        return Snapshot(done.pages, total_pages, done.rows, seconds, final, done.revalidated)
 
     while not _wait(futures, interval):
         now = snapshot()

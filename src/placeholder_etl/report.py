@@ -25,7 +25,7 @@ from placeholder_etl.core.atomic import atomic_write
 from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.settings import environment
-from placeholder_etl.core.text import duration, size
+from placeholder_etl.core.text import duration, reused, size
 from placeholder_etl.core.transform import ACTIVITY_COLUMNS
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ def headline(manifest: Manifest) -> str:
         (
             "Cache hits",
             (
-                f"{manifest.pages_reused:,} of {manifest.pages:,} pages reused, "
+                f"{reused(manifest.pages_reused, manifest.pages_revalidated, manifest.pages)}, "
                 f"{manifest.cached_chunks:,} of {manifest.chunks:,} tasks from cache"
             ),
         ),

@@ -38,7 +38,7 @@ from placeholder_etl.core.redact import (
 )
 from placeholder_etl.core.results import ChunkJob, ChunkResult, FetchPolicy, RunResult, StagedTable
 from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging, environment
-from placeholder_etl.core.text import duration, plural, size
+from placeholder_etl.core.text import duration, plural, reused, size
 from placeholder_etl.core.transport import ship_parts
 from placeholder_etl.core.urls import is_remote
 
@@ -149,11 +149,11 @@ def extract_chunk_task(job: ChunkJob, how: FetchPolicy) -> ChunkResult:
     if result.note:
         get_run_logger().warning("%s", result.note)
     get_run_logger().info(
-        "%s: %d rows from %d pages (%d reused) in %.2f s (%d retries) on %s",
+        "%s: %d rows from %d pages (%s) in %.2f s (%d retries) on %s",
         spec.label,
         result.rows,
         result.pages,
-        result.pages_reused,
+        reused(result.pages_reused, result.pages_revalidated),
         time.perf_counter() - started,
         result.retries,
         result.worker,
@@ -232,7 +232,7 @@ def leave_artifacts(result: RunResult) -> None:
                     (
                         f"From {source}: {plural(manifest.pages, 'page')} in "
                         f"{plural(manifest.chunks, 'task')} ({manifest.cached_chunks:,} from "
-                        f"cache, {manifest.pages_reused:,} pages reused), "
+                        f"cache; pages {reused(manifest.pages_reused, manifest.pages_revalidated)}), "
                         f"{plural(manifest.retries, 'retry', 'retries')}."
                     ),
                     "",

@@ -34,7 +34,7 @@ from placeholder_etl.core.errors import EtlError
 from placeholder_etl.core.redact import install_log_redaction, redact, register_url_secrets
 from placeholder_etl.core.results import RunResult
 from placeholder_etl.core.settings import RunSettings
-from placeholder_etl.core.text import plural
+from placeholder_etl.core.text import plural, reused
 
 __all__ = ["run_etl", "shape_console"]
 
@@ -256,7 +256,7 @@ def _print_result(
         table.add_row(name, info.file, f"{info.rows:,}")
     console.print(table)
     console.print(
-        f"{plural(manifest.pages, 'page')} ({manifest.pages_reused:,} reused), "
+        f"{plural(manifest.pages, 'page')} ({reused(manifest.pages_reused, manifest.pages_revalidated)}), "
         f"{plural(manifest.retries, 'retry', 'retries')}, {seconds:.1f} s in all "
         f"({manifest.timings.total_s:.1f} s in the flow); flow run {manifest.flow_run_id}"
     )

@@ -12,6 +12,7 @@ from placeholder_api.server import make_server
 from placeholder_etl.core.client import MAX_REDIRECTS, ApiClient
 from placeholder_etl.core.concurrency import ordered_map
 from placeholder_etl.core.errors import ContractError, PermanentError, TransientError
+from placeholder_etl.core.responses import Validators
 from placeholder_etl.core.settings import ClientSettings
 from tests.helpers import gaps_by_url
 from tests.hostile import hostile_server
@@ -315,3 +316,26 @@ def test_hostile_bodies_are_permanent_and_named(mode, error, message) -> None:
         with pytest.raises(error, match=re.escape(message)):
             client.fetch_page("users", 1, 10)
         assert len(server.requests) == 1  # not retried
+
+
+def test_a_conditional_request_is_answered_304_without_a_body(api) -> None:
+    """The bundled server's ETag (json-server's weak one) sent back as If-None-Match: 304
+    and no body while the page is unchanged; another tag gets the page."""
+    with ApiClient(api.url, FAST) as client:
+        page = client.get_page("users", 2, 10)
+        assert page.validators is not None
+        assert re.fullmatch(r'W/"[0-9a-f]+-[A-Za-z0-9+/]{27}"', page.validators.etag or "")
+        assert not page.not_modified
+        api.reset_stats()
+        same = client.get_page("users", 2, 10, validators=page.validators)
+        assert (same.not_modified, same.body, same.validators) == (True, b"", page.validators)
+        other = client.get_page("users", 2, 10, validators=Validators(etag='W/"1-nope"'))
+    assert not other.not_modified
+    assert other.body == page.body
+    assert api.stats()["not_modified"] == 1
+
+
+def test_a_304_to_a_request_that_was_not_conditional_is_an_error() -> None:
+    with hostile_server("status", status=304) as server, ApiClient(server.url, FAST) as client:
+        with pytest.raises(PermanentError, match=r"users page 1 from .*: HTTP 304"):
+            client.get_page("users", 1, 10)

@@ -33,6 +33,7 @@ from placeholder_etl.core.redact import redact, redact_url
 from placeholder_etl.core.responses import (
     BODY_ERRORS,
     INCOMPLETE_READ,
+    Validators,
     backoff_seconds,
     check_status,
     decode_list,
@@ -69,6 +70,9 @@ class RawPage:
     Attributes:
         where: how error messages name it: ``users page 3 from <url>`` (secrets redacted).
         total: ``X-Total-Count``, checked to be a number (None when not sent).
+        validators: the ``ETag`` and ``Last-Modified`` it came with (None: neither).
+        not_modified: a conditional request was answered ``304 Not Modified``: no body, the
+            copy kept is still current.
     """
 
     resource: str
@@ -79,6 +83,8 @@ class RawPage:
     content_type: str
     total: int | None
     retries: int
+    validators: Validators | None = None
+    not_modified: bool = False
 
     def records(self) -> list[dict[str, Any]]:
         """The body decoded and checked against the contract (extra fields dropped).
@@ -160,9 +166,17 @@ class ApiClient:
         return f"{resource} page {page} from {redact_url(self.page_url(resource, page, page_size, paging))}"
 
     def get_page(
-        self, resource: str, page: int, page_size: int, paging: Paging = "page"
+        self,
+        resource: str,
+        page: int,
+        page_size: int,
+        paging: Paging = "page",
+        validators: Validators | None = None,
     ) -> RawPage:
         """GET one page; its body is decoded and checked later (:meth:`RawPage.records`).
+
+        With ``validators`` (those of the copy kept) the request is conditional, and a
+        ``304 Not Modified`` answer is a page with ``not_modified`` set and no body.
 
         Raises:
             TransientError: the server could not be reached or kept failing (after retries).
@@ -171,7 +185,8 @@ class ApiClient:
         """
         url = self.page_url(resource, page, page_size, paging)
         where = f"{resource} page {page} from {redact_url(url)}"
-        response, body, retries = self._get(url, where)
+        response, body, retries = self._get(url, where, validators)
+        not_modified = response.status_code == 304
         return RawPage(
             resource=resource,
             number=page,
@@ -179,8 +194,10 @@ class ApiClient:
             where=where,
             body=body,
             content_type=response.headers.get("Content-Type", ""),
-            total=total_count(response, where),
+            total=None if not_modified else total_count(response, where),
             retries=retries,
+            validators=Validators.of(response.headers) or (validators if not_modified else None),
+            not_modified=not_modified,
         )
 
     def fetch_page(self, resource: str, page: int, page_size: int, paging: Paging = "page") -> Page:
@@ -214,7 +231,10 @@ class ApiClient:
     def count(self, resource: str, page_size: int, paging: Paging = "page") -> int | None:
         """The number of records of ``resource`` from ``X-Total-Count``, or None if not sent.
 
-        Asks for a single record, so it is cheap on any server.
+        Asks for a single record, so it is cheap on any server. Never conditionally: an
+        ``ETag`` covers the body (here the first record), not ``X-Total-Count``, so a ``304``
+        would hide records added since (json-server's weak ETag does exactly that).
+
         Raises:
             PermanentError: ``users`` is empty (the seed refused to run on no users).
         """
@@ -228,13 +248,18 @@ class ApiClient:
             raise PermanentError(f"{where}: the users list is empty")
         return total
 
-    def _get(self, url: str, where: str) -> tuple[requests.Response, bytes, int]:
+    def _get(
+        self, url: str, where: str, validators: Validators | None = None
+    ) -> tuple[requests.Response, bytes, int]:
         """GET ``url``: the response, its body and the retries it took.
 
         Retries share one budget (``settings.retries``): urllib3's (connection errors,
         timeouts, 429/5xx) and this loop's (a body that broke off or ran out of time).
-        Redirects within the API's origin are followed and cost no retry.
+        Redirects within the API's origin are followed and cost no retry. With
+        ``validators`` the GET is conditional and a ``304`` is returned with no body (a
+        ``304`` to a GET that was not conditional is an error).
         """
+        conditions = validators.conditions() if validators else {}
         settings = self.settings
         used = hops = 0
         current = url
@@ -245,9 +270,11 @@ class ApiClient:
             request_state.retry = self._retry.new(total=left, connect=left, read=left, status=left)
             response: requests.Response | None = None
             try:
-                response = self._send(current, where, deadline)
+                response = self._send(current, where, deadline, conditions)
                 history = response.raw.retries.history if response.raw.retries else ()
                 used += len(history)
+                if response.status_code == 304 and conditions:
+                    return response, b"", used
                 if response.is_redirect or 300 <= response.status_code < 400:
                     current = self._redirect(response, current, where, hops)
                     hops += 1
@@ -269,12 +296,14 @@ class ApiClient:
                 if response is not None:
                     response.close()
 
-    def _send(self, url: str, where: str, deadline: Deadline) -> requests.Response:
+    def _send(
+        self, url: str, where: str, deadline: Deadline, headers: dict[str, str]
+    ) -> requests.Response:
         """One ``session.get`` (urllib3 retrying within it), its exceptions classified."""
         settings = self.settings
         try:
             return self.session.get(
-                url, timeout=settings.timeout, allow_redirects=False, stream=True
+                url, headers=headers, timeout=settings.timeout, allow_redirects=False, stream=True
             )
         except (
             requests.exceptions.InvalidSchema,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from operator import itemgetter
+from typing import Literal
 
 from placeholder_etl.core.client import ApiClient, RawPage, pages_for
 from placeholder_etl.core.concurrency import InFlight, ordered_map
@@ -33,6 +34,10 @@ __all__ = [
     "extract_chunk",
     "render_page",
 ]
+
+#: Where a page of a chunk came from: its checkpoint as it was, its checkpoint renewed by a
+#: ``304 Not Modified``, or the API.
+Source = Literal["reused", "revalidated", "fetched"]
 
 
 def render_page(raw: RawPage, keep_formulas: bool = False) -> PageTables:
@@ -166,7 +171,10 @@ def extract_chunk(
     and not fetched again (:mod:`placeholder_etl.core.pages`) once their files are checked
     against their markers: sizes, and on a local disk checksums. A checkpointed page whose
     files are damaged or missing is fetched again and named in the result's
-    ``pages_damaged``, never trusted and never an error. The others are fetched
+    ``pages_damaged``, never trusted and never an error. An older page kept with the
+    server's validators (``ETag``, ``Last-Modified``) and whose files check out is asked for
+    conditionally: a ``304 Not Modified`` renews it (``pages_revalidated``), a ``200``
+    replaces it. The others are fetched
     ``in_flight`` at a time; each is checked and rendered in its fetch thread (compiled code
     that releases the GIL, :func:`render_page`) and written as soon as it is checked. Text
     that a spreadsheet would run as a formula is neutralised unless ``keep_formulas``.
@@ -176,9 +184,9 @@ def extract_chunk(
     """
     client = client or ClientSettings(pool_size=in_flight)
     book = PageBook.of(cache, spec, keep_formulas)
-    done, broken = book.scan(max_age)
+    scan = book.scan(max_age)
     damaged: dict[int, Damage] = {}
-    counts = {"rows": 0, "pages": 0, "reused": 0, "retries": 0}
+    counts = {"rows": 0, "pages": 0, "reused": 0, "revalidated": 0, "retries": 0}
     note = None
     first_id = last_id = None
     ordered = True
@@ -186,37 +194,44 @@ def extract_chunk(
     with long_lived_objects_frozen(), ApiClient(spec.api_url, client) as api:
         window = InFlight(cap=in_flight, cores=local_slots())
 
-        def fetch(number: int) -> tuple[PageMarker, int | None]:
-            """In a fetch thread: fetch, check, render and write one page, or reuse it.
+        def fetch(number: int) -> tuple[PageMarker, Source, int]:
+            """In a fetch thread: reuse one page, or revalidate it, or fetch, check, render
+            and write it.
 
             Returns:
-                The page, and its request's retries (None: reused, not requested).
+                The page, where it came from, and its request's retries.
             """
-            damage = book.check(done[number]) if number in done else broken.get(number)
-            if number in done and damage is None:
-                return done[number], None
+            kept = scan.done.get(number) or scan.stale.get(number)
+            damage = book.check(kept) if kept is not None else scan.broken.get(number)
             if damage is not None:
                 damaged[number] = damage
+            elif number in scan.done:
+                return scan.done[number], "reused", 0
+            validators = book.validators(kept) if kept is not None and damage is None else None
             asked = time.perf_counter()
-            raw = api.get_page(spec.resource, number, spec.page_size, spec.paging)
+            raw = api.get_page(spec.resource, number, spec.page_size, spec.paging, validators)
             got, cpu = time.perf_counter(), time.thread_time()
-            page = book.write(number, render_page(raw, keep_formulas))
+            if raw.not_modified and kept is not None and validators is not None:  # see _get
+                page, source = book.renew(kept, raw.validators or validators), "revalidated"
+            else:
+                page = book.write(number, render_page(raw, keep_formulas), raw.validators)
+                source = "fetched"
             # the page's own CPU time: waiting for the GIL or a core does not count
             window.record(got - asked, time.thread_time() - cpu)
-            return page, raw.retries
+            return page, source, raw.retries
 
         previous: PageMarker | None = None
-        for page, retries in ordered_map(fetch, _page_numbers(spec), window):
+        for page, source, retries in ordered_map(fetch, _page_numbers(spec), window):
             note = _ends_paging(spec, page, previous, api)
             if note:
                 break
             previous = page
             numbers.append(page.number)
             counts["pages"] += 1
-            if retries is None:
+            counts["retries"] += retries
+            if source != "fetched":
                 counts["reused"] += 1
-            else:
-                counts["retries"] += retries
+                counts["revalidated"] += source == "revalidated"
             if page.first_id is not None:
                 if not page.ordered or (last_id is not None and page.first_id <= last_id):
                     ordered = False
@@ -229,6 +244,7 @@ def extract_chunk(
         spec=spec,
         pages=counts["pages"],
         pages_reused=counts["reused"],
+        pages_revalidated=counts["revalidated"],
         pages_damaged=dict(sorted(damaged.items())),
         rows=counts["rows"],
         parts={table: [book.file(n, table) for n in numbers] for table in book.tables},

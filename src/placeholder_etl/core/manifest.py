@@ -63,6 +63,7 @@ def build_manifest(
         pages=pages_total,
         pages_fetched=pages_total - reused,
         pages_reused=reused,
+        pages_revalidated=sum(0 if cached(r) else r.pages_revalidated for r in results),
         retries=sum(r.retries for r in results),
         workers=sorted({r.worker for r in results}),
         contract=ContractSummary(

@@ -23,8 +23,14 @@ row is kept once.
 Checkpoints live under ``<cache>/pages/<version>/<resource>/``. The version is a hash of what
 decides a page's rows — the API, the resource, its ``X-Total-Count``, page size, paging and
 formula setting — so a changed total (the data changed) starts a fresh set, never mixing two
-versions of the data; checkpoints older than the cache window are not reused
-(:func:`expire`).
+versions of the data; checkpoints older than the cache window are not reused as they are.
+
+A page the server sent with validators (``ETag``, ``Last-Modified``) keeps them beside its
+checkpoint (``p0000012.http.json``, naming the marker they belong to). Past its lifetime
+such a page is *stale*, not gone: it is asked for again conditionally, and a ``304 Not
+Modified`` renews it (:meth:`PageBook.renew` rewrites the validators file, whose time then
+counts as the page's). Stale pages are kept :data:`KEPT_FOR_REVALIDATION` past their lifetime;
+older ones, and expired pages without validators, are removed (:func:`expire`).
 """
 
 from __future__ import annotations
@@ -33,18 +39,36 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, NamedTuple
+
+import orjson
 
 from placeholder_etl.core.fastpath import PageTables
 from placeholder_etl.core.resources import TABLES
+from placeholder_etl.core.responses import Validators
 from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
 
-__all__ = ["Damage", "PageBook", "PageMarker", "checksum", "count_done", "expire", "page_number"]
+__all__ = [
+    "KEPT_FOR_REVALIDATION",
+    "Damage",
+    "PageBook",
+    "PageMarker",
+    "Progress",
+    "Scan",
+    "checksum",
+    "count_done",
+    "expire",
+    "page_number",
+]
+
+#: Seconds a page with validators is kept past its lifetime, to be revalidated (a week).
+KEPT_FOR_REVALIDATION = 7 * 24 * 3600.0
 
 _ORDERED = {"o": True, "u": False}
 _SUM = re.compile(r"[0-9a-f]{16}")
 _PAGE_FILE = re.compile(r"p(\d{7})\.([a-z_]+)\.csv")
+_HTTP = ".http.json"
 
 #: What was wrong with a cached page that is fetched again (``ChunkResult.pages_damaged``).
 Damage = Literal["damaged", "missing"]
@@ -133,33 +157,53 @@ class PageBook:
         return f"{self.folder}/p{number:07d}.{table}.csv"
 
     def done(self, max_age: float | None = None) -> dict[int, PageMarker]:
-        """Pages whose checkpoint is complete, by the listing (see :meth:`scan`)."""
-        return self.scan(max_age)[0]
+        """Pages whose checkpoint is complete and current, by the listing (see :meth:`scan`)."""
+        return self.scan(max_age).done
 
-    def scan(self, max_age: float | None = None) -> tuple[dict[int, PageMarker], dict[int, Damage]]:
-        """One listing of the folder: the pages done, and the checkpointed pages that are not.
+    def scan(self, max_age: float | None = None) -> Scan:
+        """One listing of the folder: the pages done, stale and not.
 
-        A page is done when it has a marker younger than ``max_age`` seconds and every file the
-        marker names is there with the size it records (several markers for one page — the
-        data changed under the same total — the newest such). A page whose every marker names a
-        file that is gone is ``missing``; one with a file of another size ``damaged``.
+        A page's checkpoint is complete when its marker names files that are all there with
+        the sizes it records (several markers for one page — the data changed under the same
+        total — the newest such). Its time is its marker's, or its validators file's when that
+        is newer (a revalidation renewed it). Younger than ``max_age`` seconds it is done;
+        older, with validators and younger than ``max_age`` +
+        :data:`KEPT_FOR_REVALIDATION`, stale; older still, as if it were not there. A page
+        whose every marker of that window names a file that is gone is ``missing``; one with a
+        file of another size ``damaged``.
         """
-        oldest = time.time() - max_age if max_age is not None else None
         listing = self.store.listing(self.folder)
-        found: dict[int, tuple[float, PageMarker]] = {}
+        now = time.time()
+        newest: dict[int, tuple[float, PageMarker]] = {}
         broken: dict[int, Damage] = {}
         for name, info in listing.items():
             done = PageMarker.parse(name)
-            if done is None or (oldest is not None and info["mtime"] < oldest):
+            if done is None:
+                continue
+            kept = listing.get(self._http_name(done.number))
+            age = now - max(info["mtime"], kept["mtime"] if kept else 0.0)
+            if max_age is not None and age > max_age + (KEPT_FOR_REVALIDATION if kept else 0):
                 continue
             damage = self._damage(done, listing)
             if damage is not None:
                 if broken.get(done.number) != "damaged":  # damaged says more than missing
                     broken[done.number] = damage
-            elif done.number not in found or found[done.number][0] < info["mtime"]:
-                found[done.number] = (info["mtime"], done)
-        pages = {number: done for number, (_, done) in found.items()}
-        return pages, {n: damage for n, damage in broken.items() if n not in pages}
+            elif done.number not in newest or newest[done.number][0] < info["mtime"]:
+                newest[done.number] = (info["mtime"], done)
+        fresh: dict[int, PageMarker] = {}
+        stale: dict[int, PageMarker] = {}
+        renewed: dict[int, float] = {}
+        for number, (mtime, done) in newest.items():
+            kept = listing.get(self._http_name(number))
+            if kept is not None and kept["mtime"] > mtime:
+                renewed[number], mtime = kept["mtime"], kept["mtime"]
+            if max_age is None or now - mtime <= max_age:
+                fresh[number] = done
+            else:
+                stale[number] = done
+                renewed.pop(number, None)
+        broken = {n: damage for n, damage in broken.items() if n not in newest}
+        return Scan(fresh, broken, stale, renewed)
 
     def _damage(self, done: PageMarker, listing: dict[str, dict]) -> Damage | None:
         """What the listing shows wrong with ``done``'s files (None: all there, right sizes)."""
@@ -193,9 +237,11 @@ class PageBook:
                 return "damaged"
         return None
 
-    def write(self, number: int, page: PageTables) -> PageMarker:
-        """Checkpoint page ``number``: its tables' files, then its marker naming their sizes
-        and checksums.
+    def write(
+        self, number: int, page: PageTables, validators: Validators | None = None
+    ) -> PageMarker:
+        """Checkpoint page ``number``: its tables' files, its ``validators`` if the server sent
+        any, then its marker naming the files' sizes and checksums.
 
         No fsync (see the module's docstring): what a power cut tears, the check before reuse
         finds, and the page is fetched again.
@@ -208,8 +254,51 @@ class PageBook:
         done = PageMarker(
             number, page.rows, page.first_id, page.last_id, page.ordered, tuple(files)
         )
+        if validators is not None:
+            self._keep(done, validators)
         self.store.put(f"{self.folder}/{done.marker()}", b"", sync=False)
         return done
+
+    def validators(self, done: PageMarker) -> Validators | None:
+        """The validators kept for ``done`` (None: none kept, or kept for another marker)."""
+        try:
+            kept = orjson.loads(self.store.cat(f"{self.folder}/{self._http_name(done.number)}"))
+        except (FileNotFoundError, orjson.JSONDecodeError):
+            return None
+        if not isinstance(kept, dict) or kept.get("marker") != done.marker():
+            return None
+        return Validators.from_dict(kept)
+
+    def renew(self, done: PageMarker, validators: Validators) -> PageMarker:
+        """The server says ``done`` is still current (``304``): renew its lifetime."""
+        self._keep(done, validators)
+        return done
+
+    def _keep(self, done: PageMarker, validators: Validators) -> None:
+        kept: dict[str, Any] = {"marker": done.marker(), **validators.as_dict()}
+        self.store.put(
+            f"{self.folder}/{self._http_name(done.number)}", orjson.dumps(kept), sync=False
+        )
+
+    @staticmethod
+    def _http_name(number: int) -> str:
+        return f"p{number:07d}{_HTTP}"
+
+
+class Scan(NamedTuple):
+    """What one listing of a :class:`PageBook` shows (:meth:`PageBook.scan`).
+
+    Attributes:
+        done: pages to reuse as they are.
+        broken: pages to fetch again, and why.
+        stale: pages past their lifetime, to ask for conditionally.
+        renewed: pages of ``done`` a ``304`` renewed, and when (``time.time()``).
+    """
+
+    done: dict[int, PageMarker]
+    broken: dict[int, Damage]
+    stale: dict[int, PageMarker]
+    renewed: dict[int, float]
 
 
 def page_number(path: str) -> tuple[int, str] | None:
@@ -219,30 +308,45 @@ def page_number(path: str) -> tuple[int, str] | None:
 
 
 def expire(store: Store, max_age: float) -> list[str]:
-    """Remove checkpoint versions whose newest page is older than ``max_age`` seconds.
+    """Remove checkpoint versions whose newest page is older than ``max_age`` seconds
+    (:data:`KEPT_FOR_REVALIDATION` more when its pages have validators: they can be renewed).
 
     Returns:
         The folders removed.
     """
     root = store.path("pages")
-    oldest = time.time() - max_age
+    now = time.time()
     removed = []
     for version in store.folders(root):
         folder = f"{root}/{version}"
-        newest = 0.0
+        newest, validated = 0.0, False
         for resource in store.folders(folder):
-            times = [i["mtime"] for i in store.listing(f"{folder}/{resource}").values()]
-            newest = max([newest, *times])
-        if newest < oldest:
+            listing = store.listing(f"{folder}/{resource}")
+            newest = max([newest, *(info["mtime"] for info in listing.values())])
+            validated = validated or any(name.endswith(_HTTP) for name in listing)
+        if now - newest > max_age + (KEPT_FOR_REVALIDATION if validated else 0):
             store.remove(folder, recursive=True)
             removed.append(store.url_of(folder))
     return removed
 
 
+class Progress(NamedTuple):
+    """Pages of a run checkpointed so far (:func:`count_done`)."""
+
+    pages: int
+    rows: int
+    revalidated: int
+
+
 def count_done(
-    store: Store, specs: list[ChunkSpec], keep_formulas: bool, max_age: float | None = None
-) -> tuple[int, int]:
-    """Pages of ``specs`` checkpointed so far, and the rows they hold (for progress).
+    store: Store,
+    specs: list[ChunkSpec],
+    keep_formulas: bool,
+    max_age: float | None = None,
+    since: float | None = None,
+) -> Progress:
+    """Pages of ``specs`` checkpointed so far, the rows they hold, and how many of them a
+    ``304`` renewed after ``since`` (``time.time()``), for progress.
 
     One listing per resource folder, whoever wrote the pages (this process, Dask workers,
     another machine writing to the same store).
@@ -251,13 +355,16 @@ def count_done(
     for spec in specs:
         book = PageBook.of(store, spec, keep_formulas)
         books.setdefault(book.folder, (book, []))[1].append(spec)
-    pages = rows = 0
+    pages = rows = revalidated = 0
     for book, planned in books.values():
-        for number, done in book.done(max_age).items():
+        scan = book.scan(max_age)
+        for number, done in scan.done.items():
             if any(
                 number >= s.first_page and (s.last_page is None or number <= s.last_page)
                 for s in planned
             ):
                 pages += 1
                 rows += done.rows
-    return pages, rows
+                renewed = scan.renewed.get(number)
+                revalidated += renewed is not None and (since is None or renewed >= since)
+    return Progress(pages, rows, revalidated)

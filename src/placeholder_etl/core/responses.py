@@ -10,7 +10,9 @@ from __future__ import annotations
 import http.client
 import random
 import re
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
 
 import orjson
 import requests
@@ -22,6 +24,7 @@ from placeholder_etl.core.redact import redact
 __all__ = [
     "BODY_ERRORS",
     "INCOMPLETE_READ",
+    "Validators",
     "backoff_seconds",
     "check_status",
     "decode_list",
@@ -45,6 +48,55 @@ BODY_ERRORS = (
 
 
 INCOMPLETE_READ = re.compile(r"IncompleteRead\((\d+) bytes read, (\d+) more expected\)")
+
+#: A validator worth keeping: visible ASCII (spaces inside), at most 1,000 characters.
+_VALIDATOR = re.compile(r"[\x21-\x7e][\x20-\x7e]{0,999}")
+
+
+@dataclass(frozen=True, slots=True)
+class Validators:
+    """What identifies the version of a response the server sent: its ``ETag`` and
+    ``Last-Modified`` headers, kept to ask again conditionally (``If-None-Match``,
+    ``If-Modified-Since``: "only if it changed").
+
+    A value that could not be sent back as a header (control characters, over 1,000
+    characters) is not kept.
+    """
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def of(cls, headers: Mapping[str, str | None]) -> Self | None:
+        """The validators among ``headers`` (None: the server sent none worth keeping)."""
+        etag, modified = (
+            value if value is not None and _VALIDATOR.fullmatch(value) else None
+            for value in (headers.get("ETag"), headers.get("Last-Modified"))
+        )
+        return cls(etag, modified) if etag or modified else None
+
+    def conditions(self) -> dict[str, str]:
+        """The headers of a conditional GET: answered 304 and no body when nothing changed."""
+        headers = {}
+        if self.etag:
+            headers["If-None-Match"] = self.etag
+        if self.last_modified:
+            headers["If-Modified-Since"] = self.last_modified
+        return headers
+
+    def as_dict(self) -> dict[str, str | None]:
+        """As kept beside a page's checkpoint (read back with :meth:`from_dict`)."""
+        return {"etag": self.etag, "last_modified": self.last_modified}
+
+    @classmethod
+    def from_dict(cls, kept: Any) -> Self | None:
+        """Read back :meth:`as_dict` (None: not what it writes)."""
+        if not isinstance(kept, dict):
+            return None
+        values = (kept.get("etag"), kept.get("last_modified"))
+        if not all(value is None or isinstance(value, str) for value in values):
+            return None
+        return cls.of({"ETag": values[0], "Last-Modified": values[1]})
 
 
 def check_status(response: requests.Response, where: str, tried: int) -> None:

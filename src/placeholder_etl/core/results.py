@@ -104,6 +104,8 @@ class ChunkResult(_Frozen):
         parts: table name -> files holding its rows (no header), in page order: the page
             checkpoints, or one file per table when they were shipped from another machine.
         pages_reused: pages whose checkpoint an earlier attempt or run had made.
+        pages_revalidated: of those, pages past their lifetime that the API answered
+            ``304 Not Modified`` (a conditional request: headers only).
         pages_damaged: pages whose checkpoint was there but ``damaged`` (a file's size or
             checksum not the one its marker records) or ``missing`` a file: fetched again.
         first_id, last_id: ids of the first and last record (None: no records).
@@ -120,6 +122,7 @@ class ChunkResult(_Frozen):
     spec: ChunkSpec
     pages: int
     pages_reused: int = 0
+    pages_revalidated: int = 0
     pages_damaged: dict[int, Literal["damaged", "missing"]] = Field(default_factory=dict)
     rows: int
     parts: dict[str, list[str]]
@@ -206,7 +209,9 @@ class Manifest(_Frozen):
         format: the tables' file format (``csv`` or ``parquet``).
         chunks: tasks the pages were split into; ``cached_chunks`` of them came from cache.
         pages: pages in the tables: ``pages_fetched`` fetched by this run, ``pages_reused``
-            from checkpoints an earlier attempt or run made; ``retries``: request retries.
+            from checkpoints an earlier attempt or run made (``pages_revalidated`` of them
+            past their lifetime, renewed by the API's ``304 Not Modified``); ``retries``:
+            request retries.
         workers: where the tasks ran.
     """
 
@@ -223,6 +228,7 @@ class Manifest(_Frozen):
     pages: int
     pages_fetched: int
     pages_reused: int
+    pages_revalidated: int = 0
     retries: int
     workers: list[str]
     contract: ContractSummary

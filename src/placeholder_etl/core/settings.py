@@ -128,7 +128,11 @@ class FetchSettings(_Group):
         "object-store output, its _placeholder_etl/cache).",
     )
     cache_hours: float = Field(
-        1.0, ge=0, le=24 * 365, description="Page cache lifetime, hours (0: fetch everything)."
+        1.0,
+        ge=0,
+        le=24 * 365,
+        description="Page cache lifetime, hours; after it a page is asked for again, "
+        "conditionally where the API sent an ETag or Last-Modified (0: ask for every page).",
     )
     max_records: int = Field(
         DEFAULT_MAX_RECORDS,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["duration", "plural", "size"]
+__all__ = ["duration", "plural", "reused", "size"]
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
@@ -29,3 +29,10 @@ def size(count: float) -> str:
             return f"{count:,} {unit}" if unit == "bytes" else f"{count:,.1f} {unit}"
         count /= 1024
     raise AssertionError("unreachable")
+
+
+def reused(pages: int, revalidated: int = 0, of: int | None = None) -> str:
+    """Pages from the cache: ``40 reused``, ``40 of 100 pages reused``, and when a ``304``
+    renewed some, `` (30 revalidated: 304)``."""
+    text = f"{pages:,} reused" if of is None else f"{pages:,} of {plural(of, 'page')} reused"
+    return f"{text} ({revalidated:,} revalidated: 304)" if revalidated else text
