@@ -232,7 +232,7 @@ def leave_artifacts(result: RunResult) -> None:
                     (
                         f"From {source}: {plural(manifest.pages, 'page')} in "
                         f"{plural(manifest.chunks, 'task')} ({manifest.cached_chunks:,} from "
-                        f"cache; pages {reused(manifest.pages_reused, manifest.pages_revalidated)}), "
+                        f"cache, {reused(manifest.pages_reused, manifest.pages_revalidated, manifest.pages)}), "
                         f"{plural(manifest.retries, 'retry', 'retries')}."
                     ),
                     "",

@@ -33,6 +33,6 @@ def size(count: float) -> str:
 
 def reused(pages: int, revalidated: int = 0, of: int | None = None) -> str:
     """Pages from the cache: ``40 reused``, ``40 of 100 pages reused``, and when a ``304``
-    renewed some, `` (30 revalidated: 304)``."""
+    renewed some, ``, 30 of them revalidated by HTTP 304``."""
     text = f"{pages:,} reused" if of is None else f"{pages:,} of {plural(of, 'page')} reused"
-    return f"{text} ({revalidated:,} revalidated: 304)" if revalidated else text
+    return f"{text}, {revalidated:,} of them revalidated by HTTP 304" if revalidated else text
