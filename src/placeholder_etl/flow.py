@@ -41,6 +41,7 @@ from placeholder_etl.core.settings import (
 from placeholder_etl.core.store import Store
 from placeholder_etl.core.text import plural
 from placeholder_etl.core.transport import parts_damaged, receive_parts
+from placeholder_etl.lineage import record_lineage
 from placeholder_etl.notify import notify_failure
 from placeholder_etl.progress import phase, track
 from placeholder_etl.runtime import prepare_process
@@ -99,6 +100,7 @@ def etl(
             manifest = commit(run.output, staged, manifest, run.clock)
     result = run.result(manifest)
     leave_artifacts(result)
+    record_lineage(result)  # each table and the manifest as a Prefect asset, committed only
     if output.report:
         phase("rendering the report")
         result = render_report_task(result)

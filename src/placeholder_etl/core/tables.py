@@ -22,7 +22,7 @@ from placeholder_etl.core.rows import FLAT_COLUMNS, SEED_COLUMNS, csv_header
 from placeholder_etl.core.schema import column_kinds
 from placeholder_etl.core.store import Store
 
-__all__ = ["SUFFIX", "build_activity", "write_table"]
+__all__ = ["ACTIVITY_INPUTS", "SUFFIX", "build_activity", "write_table"]
 
 SUFFIX: dict[str, str] = {"csv": ".csv", "parquet": ".parquet"}
 _BLOCK = 1 << 20
@@ -217,7 +217,8 @@ def _pandas_types(table: str) -> dict[str, str]:
     return kinds
 
 
-_ACTIVITY_INPUTS = {
+#: The flattened tables the activity summary reads, and the columns it reads of each.
+ACTIVITY_INPUTS: dict[str, list[str]] = {
     "users_flat": ["id", "name"],
     "posts": ["user_id", "id"],
     "comments": ["post_id", "id"],
@@ -244,7 +245,7 @@ def build_activity(
     from placeholder_etl.core.transform import summarize_activity
 
     frames = {}
-    for table, wanted in _ACTIVITY_INPUTS.items():
+    for table, wanted in ACTIVITY_INPUTS.items():
         with store.open_read(flat_tables[table]) as handle:
             if fmt == "csv":
                 frames[table] = pd.read_csv(handle, usecols=wanted)
