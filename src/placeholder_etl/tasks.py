@@ -41,6 +41,7 @@ from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging,
 from placeholder_etl.core.text import duration, plural, size
 from placeholder_etl.core.transport import ship_parts
 from placeholder_etl.core.urls import is_remote
+from placeholder_etl.progress import assembling
 
 __all__ = [
     "NOT_IN_CACHE_KEY",
@@ -177,7 +178,7 @@ def assemble_tables_task(
     What was staged is returned (the commit's argument): the staging object this task got
     is a copy when it runs on a Dask worker.
     """
-    return assemble_tables(resources, results, cache_store(cache_url), staging, fmt)
+    return assemble_tables(resources, results, cache_store(cache_url), staging, fmt, assembling)
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
