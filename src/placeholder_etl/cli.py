@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
+from typer.core import TyperCommand, TyperGroup
 
 from placeholder_etl.core.settings import (
     DEFAULT_API_URL,
@@ -32,7 +33,28 @@ from placeholder_etl.runtime import prepare_process
 
 __all__ = ["app", "main"]
 
+
+class _HelpFlag:
+    """``--help`` without a type: typer (0.29) shows the help option as ``--help <bool>``,
+    as if it took a value. An empty metavar, as the other flags have (options.py)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class _Group(_HelpFlag, TyperGroup):
+    pass
+
+
+class _Command(_HelpFlag, TyperCommand):
+    pass
+
+
 app = typer.Typer(
+    cls=_Group,
     help="ETL of a JSONPlaceholder-style API into CSV, on Prefect 3 and Dask.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,7 +68,7 @@ def prepare() -> None:
     prepare_process()  # before any command imports Prefect
 
 
-@app.command("run")
+@app.command("run", cls=_Command)
 @with_settings_options
 def run(
     bundled_users: Annotated[
@@ -101,7 +123,7 @@ def run(
     os._exit(code)
 
 
-@app.command("serve-api")
+@app.command("serve-api", cls=_Command)
 def serve_api(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 3000,
@@ -135,7 +157,7 @@ def serve_api(
     )
 
 
-@app.command("serve")
+@app.command("serve", cls=_Command)
 def serve_flow(
     name: Annotated[str, typer.Option(help="Deployment name.")] = "placeholder-etl-served",
     cron: Annotated[str, typer.Option(help="Cron schedule.")] = "0 6 * * *",
@@ -176,7 +198,7 @@ def serve_flow(
     )
 
 
-@app.command("verify")
+@app.command("verify", cls=_Command)
 def verify(
     output: Annotated[
         str | None,
@@ -223,7 +245,7 @@ def verify(
     print(f"ok: {len(tables)} tables, {rows:,} rows, as {verified.manifest_file} records")
 
 
-@app.command("setup-alerts")
+@app.command("setup-alerts", cls=_Command)
 def setup_alerts(
     webhook: Annotated[
         str | None,

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.settings import ClusterKind, ClusterSettings, environment, local_slots
+from placeholder_etl.progress import relaying
 
 if TYPE_CHECKING:
     from prefect.task_runners import TaskRunner
@@ -102,7 +103,8 @@ def task_runner_for(
             cluster_threads(client),
             dashboard_link(client),
         )
-        yield runner, cluster_threads(client)
+        with relaying(client):  # what the tasks on the workers say after the pages
+            yield runner, cluster_threads(client)
 
 
 def warm_up_in_background(cluster: ClusterSettings) -> None:

@@ -29,6 +29,7 @@ __all__ = [
     "TemporaryServer",
     "drain",
     "export_api_url",
+    "flow_run_ui_url",
     "prefect_api",
     "start_server_if_needed",
 ]
@@ -38,6 +39,9 @@ __all__ = [
 STARTUP_TIMEOUT_S = 120
 
 Say = Callable[[str], None]
+
+#: The API URLs of the temporary servers this process started and has not stopped yet.
+_temporary: set[str] = set()
 
 
 def _quiet(_: str) -> None:
@@ -175,10 +179,27 @@ def prefect_api(say: Say = _quiet, server: TemporaryServer | None = None) -> Ite
             f"Prefect server: temporary, at {server.url}, ready in {seconds:.1f} s "
             "(`make server` keeps one running, and its runs)"
         )
+        _temporary.add(server.url)
         with _api_url(server.url):
             yield PrefectApi(server.url, temporary=True)
     finally:
+        _temporary.discard(server.url)
         _stop_quietly(server)
+
+
+def flow_run_ui_url(flow_run_id: str | None) -> str | None:
+    """The flow run's page in the Prefect UI (``PREFECT_UI_URL``, by default derived from the
+    API URL); None when there is no lasting page to open: no UI URL, or the API is a
+    temporary server of this process, which stops with the run and has no UI."""
+    from prefect.settings import get_current_settings
+    from prefect.utilities.urls import url_for
+
+    if not flow_run_id or get_current_settings().api.url in _temporary:
+        return None
+    try:
+        return url_for("flow-run", obj_id=flow_run_id) or None
+    except Exception:  # noqa: BLE001 - no UI known: the id alone
+        return None
 
 
 def _configured() -> str | None:

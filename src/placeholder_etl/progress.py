@@ -12,6 +12,8 @@ in the flow run's log, on the artifact and to the listeners.
 
 from __future__ import annotations
 
+import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,9 +26,11 @@ from placeholder_etl.core.results import ChunkSpec
 from placeholder_etl.core.store import Store
 from placeholder_etl.core.text import plural
 
-__all__ = ["Phase", "Snapshot", "listening", "phase", "track"]
+__all__ = ["Phase", "Snapshot", "assembling", "listening", "phase", "relaying", "track"]
 
 ARTIFACT_KEY = "placeholder-etl-progress"
+#: The Dask event topic of the phases said in tasks on Dask workers (:func:`relaying`).
+PHASE_TOPIC = "placeholder-etl-phase"
 _listeners: list[Callable[[Snapshot | Phase], None]] = []
 _lock = threading.Lock()
 _artifacts: dict[str, Any] = {}  # flow run id: its progress artifact's id
@@ -114,16 +118,69 @@ def _tell(news: Snapshot | Phase) -> None:
 
 def phase(text: str) -> None:
     """Say what the run does now that the pages are in: in the flow run's log, as the progress
-    artifact's description, and to the listeners."""
+    artifact's description, and to the listeners.
+
+    In a task on a Dask worker (the tables of an object-store output), the log line is the
+    task run's, and the listeners are told through a Dask event that the flow's process
+    relays (:func:`relaying`); the artifact keeps the flow's last phase. Outside any run,
+    the line goes to this module's logger.
+    """
     from prefect import get_run_logger
     from prefect.artifacts import update_progress_artifact
+    from prefect.exceptions import MissingContextError
     from prefect.runtime import flow_run
 
-    get_run_logger().info("%s", text)
-    artifact = _artifacts.get(flow_run.get_id() or "")
+    try:
+        logger = get_run_logger()
+    except MissingContextError:
+        logger = logging.getLogger(__name__)
+    logger.info("%s", text)
+    run_id = str(flow_run.get_id() or "")
+    worker = _dask_worker()
+    if worker is not None:
+        worker.log_event(PHASE_TOPIC, {"flow_run": run_id, "text": text})
+        return
+    artifact = _artifacts.get(run_id)
     if artifact is not None:
         update_progress_artifact(artifact, 100.0, description=f"Pages all in; {text}")
     _tell(Phase(text))
+
+
+def assembling(table: str, number: int, count: int) -> None:
+    """The phase while the tables are written: ``assembling tables (3/8): posts``."""
+    phase(f"assembling tables ({number}/{count}): {table}")
+
+
+def _dask_worker() -> Any:
+    """The Dask worker running this task, or None."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+@contextmanager
+def relaying(client: Any) -> Iterator[None]:
+    """Tell the listeners the phases that this flow run's tasks say on ``client``'s workers,
+    inside the block."""
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.get_id() or "")
+
+    def relay(event: tuple[float, dict[str, str]]) -> None:
+        _, news = event
+        if news.get("flow_run") == run_id:  # a shared scheduler: other runs' phases too
+            _tell(Phase(news["text"]))
+
+    client.subscribe_topic(PHASE_TOPIC, relay)
+    try:
+        yield
+    finally:
+        client.unsubscribe_topic(PHASE_TOPIC)
 
 
 #: Seconds between two looks at the futures while waiting for them.

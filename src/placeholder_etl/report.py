@@ -56,8 +56,11 @@ def notebooks_dir() -> Path:
     return Path(__file__).with_name("notebooks")
 
 
-def render_report(manifest: Path, output_dir: Path, timeout: int = 600) -> Path:
-    """Execute the report notebook on ``manifest`` and write its HTML into ``output_dir``.
+def render_report(
+    manifest: Path, output_dir: Path, timeout: int = 600, flow_run_url: str | None = None
+) -> Path:
+    """Execute the report notebook on ``manifest`` and write its HTML into ``output_dir``;
+    the flow run's id links to ``flow_run_url`` when given (its page in the Prefect UI).
 
     Returns:
         The path of ``report_<timestamp>.html``.
@@ -77,7 +80,11 @@ def render_report(manifest: Path, output_dir: Path, timeout: int = 600) -> Path:
             node = papermill.execute_notebook(
                 str(notebook),
                 str(executed),
-                parameters={"manifest": str(manifest), "output_dir": str(output_dir)},
+                parameters={
+                    "manifest": str(manifest),
+                    "output_dir": str(output_dir),
+                    "flow_run_url": flow_run_url or "",
+                },
                 kernel_name="python3",
                 cwd=scratch,
                 progress_bar=False,
@@ -141,9 +148,10 @@ def _when(iso: str) -> str:
     return datetime.fromisoformat(iso).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def headline(manifest: Manifest) -> str:
+def headline(manifest: Manifest, flow_run_url: str | None = None) -> str:
     """The run at a glance, as Markdown: where from, when, how long, retries, cache hits, and
-    the rows of every table."""
+    the rows of every table; the flow run's id a link to ``flow_run_url`` when given (its
+    page in the Prefect UI; none for a server that is gone: the id as text)."""
     timings = manifest.timings
     workers = len(manifest.workers)
     took = (
@@ -167,7 +175,7 @@ def headline(manifest: Manifest) -> str:
                 f"{manifest.cached_chunks:,} of {manifest.chunks:,} tasks from cache"
             ),
         ),
-        ("Prefect flow run", f"`{manifest.flow_run_id or 'none'}`"),
+        ("Prefect flow run", _flow_run(manifest.flow_run_id, flow_run_url)),
     ]
     # the source in code style: a bundled API is gone by the time anyone reads this
     heading = f"# Run report: {', '.join(manifest.resources)} from `{manifest.source}`"
@@ -179,6 +187,12 @@ def headline(manifest: Manifest) -> str:
         for name, info in manifest.tables.items()
     ]
     return "\n".join(lines)
+
+
+def _flow_run(flow_run_id: str | None, url: str | None) -> str:
+    if not flow_run_id:
+        return "`none`"
+    return f"[`{flow_run_id}`](<{url}>)" if url else f"`{flow_run_id}`"
 
 
 def _stream(path: Path, columns: list[str], chunk_rows: int):

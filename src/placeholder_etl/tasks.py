@@ -41,6 +41,7 @@ from placeholder_etl.core.settings import ClientSettings, FetchSettings, Paging,
 from placeholder_etl.core.text import duration, plural, reused, size
 from placeholder_etl.core.transport import ship_parts
 from placeholder_etl.core.urls import is_remote
+from placeholder_etl.progress import assembling
 
 __all__ = [
     "NOT_IN_CACHE_KEY",
@@ -177,7 +178,7 @@ def assemble_tables_task(
     What was staged is returned (the commit's argument): the staging object this task got
     is a copy when it runs on a Dask worker.
     """
-    return assemble_tables(resources, results, cache_store(cache_url), staging, fmt)
+    return assemble_tables(resources, results, cache_store(cache_url), staging, fmt, assembling)
 
 
 @task(name="render-report", cache_policy=NO_CACHE)
@@ -186,14 +187,16 @@ def render_report_task(result: RunResult) -> RunResult:
 
     A failure is logged and returned as ``report_error``; it never undoes the load.
     """
+    from placeholder_etl.prefect_api import flow_run_ui_url
     from placeholder_etl.report import headline, render_report
 
     if is_remote(result.output_dir) or result.manifest.format != "csv":
         message = "the run report reads a local CSV output; none was rendered"
         get_run_logger().error("report failed: %s", message)
         return result.model_copy(update={"report_error": message})
+    ui = flow_run_ui_url(result.manifest.flow_run_id)  # none from a temporary server
     try:
-        path = render_report(Path(result.manifest_file), Path(result.output_dir))
+        path = render_report(Path(result.manifest_file), Path(result.output_dir), flow_run_url=ui)
     except Exception as exc:  # noqa: BLE001 - report problems must not fail a good load
         get_run_logger().error("report failed: %s", exc)
         return result.model_copy(update={"report_error": str(exc)})
@@ -201,7 +204,7 @@ def render_report_task(result: RunResult) -> RunResult:
     create_markdown_artifact(
         key="placeholder-etl-report",
         description="The run report: its headline, and where the HTML is",
-        markdown=redact(f"{headline(result.manifest)}\n\n**Report**: `{path}`"),
+        markdown=redact(f"{headline(result.manifest, ui)}\n\n**Report**: `{path}`"),
     )
     get_run_logger().info("report: %s", path)
     return result.model_copy(update={"report_file": str(path)})

@@ -272,8 +272,15 @@ def test_the_run_the_cli_names_carries_its_artifacts_and_progress(tmp_path) -> N
     assert {"placeholder-etl-tables", "placeholder-etl-summary"} <= set(by_key)
     assert by_key["placeholder-etl-progress"].data == 100.0
     # the step after the pages, on the progress artifact and in the log
-    assert by_key["placeholder-etl-progress"].description == "Pages all in; assembling 2 tables"
-    assert "progress: assembling 2 tables" in lines
+    assert by_key["placeholder-etl-progress"].description == (
+        "Pages all in; assembling tables (2/2): users_flat"
+    )
+    assembling = [line for line in lines if line.startswith("progress: assembling")]
+    assert assembling == [
+        "progress: assembling 2 tables",
+        "progress: assembling tables (1/2): users",
+        "progress: assembling tables (2/2): users_flat",
+    ]
     # for people: numbers grouped, sizes in units, steps named, every artifact described
     tables = by_key["placeholder-etl-tables"]
     assert json.loads(tables.data)[0]["rows"] == "300"

@@ -15,6 +15,7 @@ Dask is killed (SIGKILL) and resumed, to either output.
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import pytest
 import requests
 
 from placeholder_api.server import make_server
+from placeholder_etl.core.resources import RESOURCE_NAMES, tables_of
 from placeholder_etl.core.results import Manifest
 from tests.dask_cluster import running_cluster
 from tests.helpers import kill_group, run_cli, seed_transform
@@ -122,6 +124,10 @@ def test_a_configuration_runs_end_to_end_and_its_output_verifies(
         args += ["--api-url", server.url]
         first = run_cli(*args, timeout=300)
         assert first.returncode == 0, first.stderr[-3000:]
+        # table by table, wherever the tables are written (a Dask worker for s3)
+        said = r"^progress: assembling tables \((\d)/8\): (\w+)$"
+        tables = re.findall(said, first.stdout, re.MULTILINE)
+        assert tables == [(str(k), t) for k, t in enumerate(tables_of(RESOURCE_NAMES), 1)]
         manifest = verified(out)
         assert manifest.format == fmt
         assert len(manifest.tables) == 8  # six resources, users twice, the activity summary

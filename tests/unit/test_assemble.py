@@ -18,6 +18,7 @@ from placeholder_etl.core.assemble import (
 )
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.folder import FolderOutput
+from placeholder_etl.core.resources import RESOURCE_NAMES, tables_of
 from placeholder_etl.core.results import (
     TableInfo,
 )
@@ -151,3 +152,27 @@ def test_totals_must_match_the_distinct_rows() -> None:
     check_totals({"users": None}, tables)
     with pytest.raises(PermanentError, match=r"^users: the API reported 26 records .* held 25 "):
         check_totals({"users": 26}, tables)
+
+
+def test_assemble_tables_says_which_table_it_writes(tmp_path) -> None:
+    """``on_table(table, k, n)`` once a table, before it is written, in table order."""
+    cache = Store.open(str(tmp_path / "cache"))
+    chunks = [
+        checkpointed(cache, spec(resource), [make_records(resource, 1, 4, 0)])
+        for resource in RESOURCE_NAMES
+    ]
+    staging = FolderOutput(tmp_path / "out")
+    calls = []
+
+    def on_table(table: str, number: int, count: int) -> None:
+        assert not Path(staging.staged_path(table)).exists()  # not written yet
+        calls.append((table, number, count))
+
+    staged = assemble_tables(list(RESOURCE_NAMES), chunks, cache, staging, on_table=on_table)
+    tables = tables_of(list(RESOURCE_NAMES))
+    assert calls == [(table, k, len(tables)) for k, table in enumerate(tables, 1)]
+    assert list(staged) == tables
+    calls.clear()
+    staging = FolderOutput(tmp_path / "again")
+    assemble_tables(["posts"], chunks, cache, staging, on_table=on_table)
+    assert calls == [("posts", 1, 1)]

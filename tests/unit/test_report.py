@@ -85,10 +85,44 @@ def test_the_headline_says_where_when_how_long_and_what(tmp_path) -> None:
         "| **Retries** | 2 request retries |",
         "| **Cache hits** | 3 of 12 pages reused, 3 of 8 tasks from cache |",
         f"| photos | 1,234 | 4.9 KiB | `photos_{STAMP}.csv` |",
-        "`0f0e0d0c-0000-4000-8000-000000000000`",
+        "| **Prefect flow run** | `0f0e0d0c-0000-4000-8000-000000000000` |",  # no UI: no link
     ]:
         assert fact in text
     assert "{" not in text
+
+
+def test_the_flow_run_links_to_its_page_when_there_is_one(tmp_path) -> None:
+    manifest = _write(tmp_path, {"users_flat": _tables()["users_flat"]})
+    url = "http://127.0.0.1:4200/runs/flow-run/0f0e0d0c-0000-4000-8000-000000000000"
+    assert (
+        f"| **Prefect flow run** | [`{manifest.flow_run_id}`](<{url}>) |"
+        in headline(manifest, url).splitlines()
+    )
+    none = manifest.model_copy(update={"flow_run_id": None})
+    assert "| **Prefect flow run** | `none` |" in headline(none, url).splitlines()
+
+
+def test_the_flow_runs_page_is_known_only_from_a_lasting_ui() -> None:
+    """PREFECT_UI_URL (by default the API URL without /api), but not a temporary server's:
+    it stops with the run."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL, temporary_settings
+
+    from placeholder_etl import prefect_api
+
+    run = "0f0e0d0c-0000-4000-8000-000000000000"
+    api = "http://127.0.0.1:4299/api"
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        assert prefect_api.flow_run_ui_url(run) == f"http://127.0.0.1:4299/runs/flow-run/{run}"
+        assert prefect_api.flow_run_ui_url(None) is None
+        prefect_api._temporary.add(api)
+        try:
+            assert prefect_api.flow_run_ui_url(run) is None
+        finally:
+            prefect_api._temporary.discard(api)
+    with temporary_settings(updates={PREFECT_API_URL: api, PREFECT_UI_URL: "https://ui.test"}):
+        assert prefect_api.flow_run_ui_url(run) == f"https://ui.test/runs/flow-run/{run}"
+    with temporary_settings(restore_defaults={PREFECT_API_URL, PREFECT_UI_URL}):
+        assert prefect_api.flow_run_ui_url(run) is None  # Prefect's own ephemeral server
 
 
 @pytest.mark.parametrize("chunk_rows", [1, 2, 1000])

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.names import TableFormat
 from placeholder_etl.core.output import Output
 from placeholder_etl.core.plan import Totals
-from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES
+from placeholder_etl.core.resources import ACTIVITY_TABLE, RESOURCE_NAMES, TABLES, tables_of
 from placeholder_etl.core.results import (
     ChunkResult,
     StagedTable,
@@ -44,6 +44,7 @@ def assemble_tables(
     cache: Store,
     staging: Output,
     fmt: TableFormat = "csv",
+    on_table: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, StagedTable]:
     """Write every table from its page files into ``staging``; add the activity summary when
     every resource is there.
@@ -54,6 +55,8 @@ def assemble_tables(
         cache: where the page files are.
         staging: where the tables are staged until the commit.
         fmt: ``csv`` or ``parquet``.
+        on_table: called as ``on_table(table, k, n)`` before the k-th of the n tables is
+            written (1-based, in table order), for progress.
 
     Returns:
         What was staged, by table: the commit's argument (:func:`commit`), wherever this ran.
@@ -63,6 +66,11 @@ def assemble_tables(
     """
     suffix = SUFFIX[fmt]
     staged: dict[str, StagedTable] = {}
+    count = len(tables_of(list(resources)))
+
+    def starting(table: str) -> None:
+        if on_table is not None:
+            on_table(table, len(staged) + 1, count)
 
     def stage(table: str, info: TableInfo) -> None:
         path = staging.staged_path(table, suffix)
@@ -74,10 +82,12 @@ def assemble_tables(
         rows = sum(r.rows for r in mine)
         for table in TABLES[resource]:
             parts = [path for r in mine for path in r.parts[table]]
+            starting(table)
             with staging.open_table(table, suffix) as out:
                 stage(table, write_table(table, cache, parts, out, rows, fmt, ordered))
     if set(resources) == set(RESOURCE_NAMES):
         flat = {t: staged[t].path for t in ("users_flat", *RESOURCE_NAMES[1:])}
+        starting(ACTIVITY_TABLE)
         with staging.open_table(ACTIVITY_TABLE, suffix) as out:
             stage(ACTIVITY_TABLE, build_activity(staging.store, flat, out, fmt))
     return staged
