@@ -14,6 +14,7 @@ from placeholder_api.server import make_server
 from placeholder_etl.core.errors import PermanentError
 from placeholder_etl.core.results import Manifest
 from placeholder_etl.core.store import StoreError
+from placeholder_etl.core.verify import verify_output
 from tests.helpers import kill_group, run_cli, run_flow, seed_transform
 
 pytestmark = pytest.mark.usefixtures("prefect_api_url")
@@ -176,3 +177,20 @@ def test_an_unusable_url_is_a_clear_error_never_a_local_folder(
     with make_server(users=3) as server, pytest.raises(StoreError, match=message):
         run_flow(server.url, url, "")
     assert list(tmp_path.iterdir()) == []  # no folder named "gremlin:" or "gs:"
+
+
+def test_pages_cached_on_the_store_are_revalidated_after_their_lifetime(s3, bucket) -> None:
+    """The page cache on the object store (the default for an s3:// output), Dask runner:
+    a rerun past --cache-hours asks conditionally and gets a 304 for every page."""
+    out = f"s3://{bucket}/run"
+    with make_server(users=25, seed=3) as server:
+        first = run_flow(server.url, out, "", cache_hours=0.0003).manifest
+        time.sleep(1.5)  # past the lifetime (about 1.1 s): Prefect's task cache too
+        server.reset_stats()
+        again = run_flow(server.url, out, "", cache_hours=0.0003).manifest
+        assert server.stats()["not_modified"] == 3
+    assert (again.pages_fetched, again.pages_reused, again.pages_revalidated) == (0, 3, 3)
+    assert again.tables["users"].sha256 == first.tables["users"].sha256
+    assert verify_output(out).ok
+    kept = [k for k in objects(s3, bucket) if k.endswith(".http.json")]
+    assert len(kept) == 3  # the validators beside each page
