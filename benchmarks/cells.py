@@ -307,10 +307,12 @@ class Scaling:
         "runs s",
         "speedup vs 1 worker",
         "records/s",
+        "Dask cluster start s",
         "extract s",
         "extract records/s",
         "CPU s",
         "cores busy",
+        "other CPU s",
         "largest MiB (process)",
         "tree MiB",
         "workers that ran tasks",
@@ -329,6 +331,7 @@ class Scaling:
             good = _ok(runs)
             wall = _median([r.wall_s for r in good])
             extract = _median([r.phases["extract"] for r in good if "extract" in r.phases])
+            cluster = _median([r.phases["cluster"] for r in good if "cluster" in r.phases])
             cpu = _median([r.cpu_s for r in good])
             used = sorted({r.extra.get("workers_used", 0) for r in good})
             rows.append(
@@ -339,10 +342,12 @@ class Scaling:
                     " / ".join(f"{r.wall_s:.2f}" for r in runs),
                     bench._num(one / wall if wall > 0 else float("nan"), ".2f"),
                     bench._num(self.users / wall if wall > 0 else float("nan"), ",.0f"),
+                    bench._num(cluster, ".2f"),
                     bench._num(extract, ".2f"),
                     bench._num(self.users / extract if extract > 0 else float("nan"), ",.0f"),
                     bench._num(cpu, ".1f"),
                     bench._num(cpu / wall if wall > 0 else float("nan"), ".2f"),
+                    bench._num(_median([r.other_cpu_s for r in good]), ".1f"),
                     bench._num(max((r.peak_mib for r in runs), default=float("nan")), ".0f"),
                     bench._num(max((r.peak_sum_mib for r in runs), default=float("nan")), ".0f"),
                     ", ".join(map(str, used)) or "-",
@@ -360,7 +365,7 @@ class Scaling:
 
     def terminal(self) -> str:
         """The curve for the terminal."""
-        return self.title() + "\n" + bench.text_table(list(self.HEADER), self.rows(), left=(13,))
+        return self.title() + "\n" + bench.text_table(list(self.HEADER), self.rows(), left=(15,))
 
     def markdown(self) -> list[str]:
         """The results file's section."""
@@ -376,9 +381,11 @@ class Scaling:
                 "of N worker processes, one task thread each), a fresh `--cache-dir`, against the "
                 "running Prefect server and the fast API server (its own process, on the same "
                 "cores). `wall s`: the whole command; `speedup`: 1 worker's median wall time / "
-                "this one's; `records/s`: users / wall s; `extract s`: the manifest's extract "
-                "phase without the cluster start (free of the fixed costs); `cores busy`: CPU s "
-                "of the command's process tree / wall s; `largest MiB`: the peak RSS of its "
+                "this one's; `records/s`: users / wall s; `Dask cluster start s`: LocalCluster "
+                "start (N processes importing the package; log timestamps); `extract s`: the "
+                "manifest's extract phase without the cluster start (free of the fixed costs); "
+                "`cores busy`: CPU s of the command's process tree / wall s; `other CPU s`: "
+                "the rest of the machine's busy CPU meanwhile (noise); `largest MiB`: the peak RSS of its "
                 "largest process; `workers that ran tasks`: distinct workers in the manifest. "
                 "More workers than cores cannot run faster: where the curve flattens is the "
                 "machine's limit, not the flow's; the same command on a bigger machine shows how "
