@@ -99,8 +99,8 @@ serve: $(STAMP) ## Run flow.serve with the daily schedule in this process (needs
 automation: $(STAMP) ## Install the server-side failure notification (PLACEHOLDER_ETL_NOTIFY_WEBHOOK)
 	$(BIN)/placeholder-etl setup-alerts
 
-bench: $(STAMP) ## Benchmark the flow against the plain script and dlt (writes benchmarks/RESULTS.md)
-	$(BIN)/python benchmarks/bench.py
+bench: $(STAMP) ## Flow vs plain script vs dlt, a first command with no Prefect server, Dask scaling at 1M users, an expired-cache rerun (writes benchmarks/RESULTS.md)
+	$(BIN)/python benchmarks/bench.py --first-command --scaling --expired-rerun
 
 bench-quick: $(STAMP) ## A quick benchmark (10 and 10,000 users, one run)
 	$(BIN)/python benchmarks/bench.py --quick

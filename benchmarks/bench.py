@@ -385,11 +385,16 @@ def _tree_rss(pid: int) -> float:
     return total / MIB
 
 
-def _api_requests(url: str) -> int:
+def api_stats(url: str) -> dict[str, int]:
+    """The API server's counters: ``requests`` (-1 if unreadable), and ``bytes_sent`` and
+    ``not_modified`` when it counts them (``fast_server.py`` does)."""
     try:
-        return int(requests.get(f"{url}/__control/stats", timeout=10).json()["requests"])
-    except (requests.RequestException, ValueError, KeyError):
-        return -1
+        stats = requests.get(f"{url}/__control/stats", timeout=10).json()
+        found = {"requests": int(stats["requests"])}
+    except (requests.RequestException, ValueError, KeyError, TypeError):
+        return {"requests": -1}
+    found |= {k: int(stats[k]) for k in ("bytes_sent", "not_modified") if k in stats}
+    return found
 
 
 def _proc_cpu(pid: int | None) -> float:
@@ -436,6 +441,9 @@ class Run:
     ok: bool
     problems: list[str] = field(default_factory=list)
     phases: dict[str, float] = field(default_factory=dict)
+    label: str = ""  # what the run was, when not a matrix run (the raw table shows it)
+    api_bytes: int | None = None  # bytes the API server sent (None: it does not count them)
+    extra: dict[str, Any] = field(default_factory=dict)  # a cell's own figures
 
 
 _LOG_TIME = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) \|", re.MULTILINE)
@@ -517,12 +525,16 @@ def flow_manifest(out: Path) -> dict[str, Any]:
         return {}
 
 
-def dlt_table(out: Path) -> tuple[int | None, list[str]]:
-    """Rows of dlt's users table (all its CSV files under ``out``) and what is wrong with it.
+def dlt_table(out: Path, newest_load: bool = False) -> tuple[int | None, list[str]]:
+    """Rows of dlt's users table (all its CSV files under ``out``, or those of its newest load
+    only: a rerun appends a load) and what is wrong with it.
 
     The ids must be exactly 1..rows (checked by the caller against N).
     """
     files = sorted(out.glob("data/*/users/*.csv"))
+    if newest_load and files:  # the filesystem destination names them <load id>.<file id>.csv
+        newest = max(path.name.split(".", 1)[0] for path in files)
+        files = [path for path in files if path.name.split(".", 1)[0] == newest]
     if not files:
         return None, ["no users CSV written"]
     ids: list[int] = []
@@ -541,7 +553,11 @@ def dlt_table(out: Path) -> tuple[int | None, list[str]]:
 
 
 def users_csv(out: Path) -> Path | None:
-    """The one ``users_<ts>.csv`` (not ``users_flat_...``) in ``out``."""
+    """The users table the newest manifest in ``out`` names (a rerun writes a second one),
+    else the one ``users_<ts>.csv`` (not ``users_flat_...``) in ``out``."""
+    named = flow_manifest(out).get("tables", {}).get("users", {}).get("file")
+    if isinstance(named, str) and (out / named).is_file():
+        return out / named
     found = [p for p in out.glob("users_*.csv") if not p.name.startswith("users_flat_")]
     return found[0] if len(found) == 1 else None
 
@@ -640,12 +656,32 @@ def run_one(
     """Run the plain script, the flow or dlt once against ``api_url``; check its output."""
     out = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=ctx.work))
     cmd, env = command(ctx, kind, api_url, out)
-    requests_before = _api_requests(api_url)
+    measured, run = measure_run(ctx, kind, cmd, env, out / "o", (api_url, api_pid), users, latency)
+    return measured, run, out
+
+
+def measure_run(
+    ctx: Context,
+    kind: str,
+    cmd: list[str],
+    env: dict[str, str],
+    out: Path,
+    api: tuple[str, int | None],
+    users: int,
+    latency: float,
+    newest_load: bool = False,
+) -> tuple[Measured, Run]:
+    """Run ``cmd`` (the plain script, the flow or dlt, writing into ``out``) once; check its
+    output (the flow's: its newest manifest's, which must verify and name no cached chunk;
+    dlt's: its ``newest_load`` only, if asked) and count what the API server did meanwhile."""
+    api_url, api_pid = api
+    stats_before = api_stats(api_url)
     api_cpu_before = _proc_cpu(api_pid)
     prefect_cpu_before = _proc_cpu(ctx.prefect_pid)
     measured = measure(cmd, env, ctx.timeout, ctx.interval)
     api_cpu = _proc_cpu(api_pid) - api_cpu_before
     prefect_cpu = _proc_cpu(ctx.prefect_pid) - prefect_cpu_before
+    stats = api_stats(api_url)
     problems: list[str] = []
     if measured.returncode != 0:
         tail = " | ".join((measured.stderr or measured.stdout).strip().splitlines()[-3:])
@@ -654,9 +690,9 @@ def run_one(
         problems.append(f"{measured.leftovers} process(es) left running after exit")
     rows = digest = None
     if kind == "dlt":
-        rows, found = dlt_table(out / "o")
+        rows, found = dlt_table(out, newest_load)
         problems += found
-    elif (path := users_csv(out / "o")) is None:
+    elif (path := users_csv(out)) is None:
         problems.append("no users CSV written")
     else:
         rows = csv_rows(path)
@@ -664,9 +700,10 @@ def run_one(
     if rows is not None and rows != users:
         problems.append(f"{rows} data rows, expected {users}")
     if kind == "flow" and measured.returncode == 0:  # after the timed run
-        problems += verify_problems(out / "o")
-    if kind == "flow" and (cached := flow_manifest(out / "o").get("cached_chunks", 0)):
-        problems.append(f"{cached} chunk(s) came from a cache: not a cold run")
+        problems += verify_problems(out)
+    if kind == "flow" and (cached := flow_manifest(out).get("cached_chunks", 0)):
+        problems.append(f"{cached} chunk(s) came from Prefect's task cache: not a cold run")
+    counted = {k: stats[k] - stats_before[k] for k in ("bytes_sent", "not_modified") if k in stats}
     run = Run(
         users=users,
         latency=latency,
@@ -682,14 +719,16 @@ def run_one(
         api_cpu_s=api_cpu,
         prefect_cpu_s=prefect_cpu,
         other_cpu_s=max(0.0, measured.busy_s - measured.cpu_s - api_cpu - prefect_cpu),
-        requests=_api_requests(api_url) - requests_before,
+        requests=stats["requests"] - stats_before["requests"],
         rows=rows,
         sha256=digest,
         ok=not problems,
         problems=problems,
-        phases=flow_phases(measured, out / "o") if kind == "flow" else {},
+        phases=flow_phases(measured, out) if kind == "flow" else {},
+        api_bytes=counted.get("bytes_sent"),
+        extra={"not_modified": counted["not_modified"]} if "not_modified" in counted else {},
     )
-    return measured, run, out
+    return measured, run
 
 
 def dlt_estimate(users: int, latency: float, at_zero: float | None) -> float:
@@ -1167,7 +1206,7 @@ def raw_rows(runs: list[Run]) -> list[list[str]]:
             f"{r.users:,}",
             _ms(r.latency),
             str(r.rep),
-            r.kind + (" (1st)" if r.first else ""),
+            (r.label or r.kind) + (" (1st)" if r.first else ""),
             f"{r.wall_s:.2f}",
             f"{r.peak_mib:.0f} ({r.peak_proc})",
             f"{r.peak_sum_mib:.0f}",
@@ -1321,8 +1360,9 @@ def write_markdown(
     runs: list[Run],
     costs: list[FixedCost],
     meta: dict[str, str],
+    sections: Sequence[str] = (),
 ) -> None:
-    """Write (replace) the results file."""
+    """Write (replace) the results file (``sections``: the extra cells', before the raw runs)."""
     lines = [
         "# Benchmark results: plain script vs Prefect flow vs dlt",
         "",
@@ -1376,6 +1416,7 @@ def write_markdown(
             md_table(FIXED_HEADER, fixed_rows(costs)),
             "",
         ]
+    lines += sections
     if runs:
         lines += [
             "## Raw runs",
@@ -1428,6 +1469,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-matrix", action="store_true", help="skip the matrix (with --fixed-costs)"
     )
+    parser.add_argument(
+        "--first-command",
+        action="store_true",
+        help="also time `placeholder-etl run` with no Prefect server (the CLI starts one)",
+    )
+    parser.add_argument(
+        "--first-command-users",
+        type=_ints,
+        help="user counts of --first-command (default: the matrix's smallest size, else 10)",
+    )
+    parser.add_argument(
+        "--scaling", action="store_true", help="also the scaling curve over Dask worker counts"
+    )
+    parser.add_argument(
+        "--scaling-users", type=int, default=1_000_000, help="users of --scaling (1,000,000)"
+    )
+    parser.add_argument(
+        "--scaling-workers",
+        type=_ints,
+        default=[1, 2, 4, 8],
+        help="Dask worker processes of --scaling (default 1,2,4,8)",
+    )
+    parser.add_argument(
+        "--scaling-runs", type=int, default=1, help="repetitions per worker count (default 1)"
+    )
+    parser.add_argument(
+        "--expired-rerun",
+        action="store_true",
+        help="also a cold run and its rerun once the page cache has expired (and dlt's rerun)",
+    )
+    parser.add_argument(
+        "--expired-users", type=int, default=100_000, help="users of --expired-rerun (100,000)"
+    )
+    parser.add_argument(
+        "--expired-age-hours",
+        type=float,
+        default=24,
+        help="how long before the rerun the cold run happened (default 24 h)",
+    )
     parser.add_argument("--results", type=Path, help="markdown results file to write/replace")
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run (3600)")
     parser.add_argument("--poll", type=float, default=0.05, help="RSS poll interval (0.05 s)")
@@ -1450,6 +1530,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.matrix = [(n, lat) for lat in (args.latencies or [0.0]) for n in (args.sizes or [10])]
     if args.no_matrix:
         args.matrix = []
+    if args.first_command and not args.first_command_users:
+        args.first_command_users = [min((n for n, _ in args.matrix), default=10)]
     return args
 
 
@@ -1580,6 +1662,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     costs: list[FixedCost] = []
     cells: list[Cell] = []
+    extras: list[Any] = []  # the cells of cells.py, in the order run
     failures: list[str] = []
     print(f"bench: work dir {work}; results → {args.results}", flush=True)
     try:
@@ -1598,7 +1681,14 @@ def main(argv: list[str] | None = None) -> int:
             _warm_up(ctx)
         if args.fixed_costs:
             costs = fixed_costs(ctx, args.runs)
-        if args.matrix:
+        if args.first_command:  # before the harness's Prefect server starts: none at all
+            import cells as more  # not `cells`: the matrix's, here
+
+            sizes = args.first_command_users
+            extras += _extra_cell(
+                failures, "first command", lambda: more.first_command(ctx, sizes, args.runs)
+            )
+        if args.matrix or args.scaling or args.expired_rerun:
             with prefect_server(work / "server-prefect-home", base_env) as (api, prefect_pid):
                 meta["server"] = f"`prefect server start` on {api} (started once by the harness)"
                 ctx.flow_env = {**base_env, "PREFECT_API_URL": api}
@@ -1619,11 +1709,16 @@ def main(argv: list[str] | None = None) -> int:
                     runs += cell_runs
                     by_kind = {k: [r for r in cell_runs if r.kind == k] for k in ctx.kinds}
                     cells.append(Cell(users, latency, by_kind, note))
+                extras += _server_cells(args, ctx, failures)
                 rss = _tree_rss(prefect_pid)
                 meta["server"] += f"; its RSS at the end: {rss:.0f} MiB"
         meta.setdefault("server", "none (fixed costs only)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for cell in extras:
+        if hasattr(cell, "matrix"):  # the first command beside the matrix's same-size cells
+            cell.matrix = cells
+        runs += cell.runs
     meta["load_after"] = _load()
     meta["noise"] = noise(runs)
     print()
@@ -1650,8 +1745,12 @@ def main(argv: list[str] | None = None) -> int:
         ]
         print(text_table(["fixed cost", "median s", "runs s", "note"], terminal, left=(0, 3)))
         print()
+    for cell in extras:
+        print(cell.terminal())
+        print()
     meta["failures"] = "; ".join(failures)
-    write_markdown(args.results, args, cells, runs, costs, meta)
+    sections = [line for cell in extras for line in cell.markdown()]
+    write_markdown(args.results, args, cells, runs, costs, meta, sections)
     print(f"results written to {args.results}")
     bad = [r for r in runs if not r.ok]
     if bad:
@@ -1659,6 +1758,35 @@ def main(argv: list[str] | None = None) -> int:
     for failure in failures:
         print(f"!!! cell FAILED: {failure}")
     return 1 if bad or failures else 0
+
+
+def _extra_cell(failures: list[str], name: str, run: Callable[[], Any]) -> list[Any]:
+    """Run one of ``cells.py``'s cells: ``[cell]``, or ``[]`` (a failure noted) if it could
+    not run (a run that fails its checks is in the cell, marked)."""
+    try:
+        return [run()]
+    except (RuntimeError, OSError, ValueError) as exc:
+        failures.append(f"{name}: {exc}")
+        print(f"!!! cell FAILED: {failures[-1]}", flush=True)
+        return []
+
+
+def _server_cells(args: argparse.Namespace, ctx: Context, failures: list[str]) -> list[Any]:
+    """The scaling curve and the expired-cache rerun, if asked (with the Prefect server)."""
+    import cells
+
+    done = []
+    if args.scaling:
+        users, workers, runs = args.scaling_users, args.scaling_workers, args.scaling_runs
+        done += _extra_cell(failures, "scaling", lambda: cells.scaling(ctx, users, workers, runs))
+    if args.expired_rerun:
+        users, age = args.expired_users, args.expired_age_hours
+        done += _extra_cell(
+            failures,
+            "expired-cache rerun",
+            lambda: cells.expired_rerun(ctx, users, args.runs, age),
+        )
+    return done
 
 
 def _warm_up(ctx: Context) -> None:
@@ -1675,4 +1803,5 @@ def _warm_up(ctx: Context) -> None:
 
 
 if __name__ == "__main__":
+    sys.modules.setdefault("bench", sys.modules[__name__])  # cells.py's `import bench`: this one
     sys.exit(main())

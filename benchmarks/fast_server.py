@@ -19,8 +19,17 @@ What it answers (json-server 0.16/0.17 semantics where it answers at all):
   ``_sort=id`` (``_order=asc``) is accepted as the identity. Filters, ``q``, other sorts,
   ``_embed`` and ``_expand`` answer 400 (use the bundled server for those);
 * ``GET /RESOURCE/ID``; 404 ``{}`` for anything else; 405 for other methods;
-* ``GET /__control/stats`` (``{"requests": N, "by_resource": {...}}``, control requests not
-  counted) and ``POST /__control/reset``, like the bundled server.
+* ``GET /__control/stats`` (``{"requests": N, "by_resource": {...}, "not_modified": N,
+  "bytes_sent": B}``, control requests not counted; ``bytes_sent``: every byte of the answers,
+  status lines and headers included) and ``POST /__control/reset``, like the bundled server.
+
+Every ``200`` data answer carries json-server's (Express's) weak ``ETag`` over its body,
+``W/"<length, hex>-<sha1, base64, 27 chars>"`` (the bundled server's ``weak_etag``); a ``GET``
+whose ``If-None-Match`` names it (or ``*``) gets ``304 Not Modified`` with the ETag and the
+paging headers but no body, as Express answers (not when the request says ``Cache-Control:
+no-cache``). The tags of the pages of ``--etag-page-size`` records (1,000: what the plain
+script, the flow and dlt ask for) are computed once, with the records, and cached beside them;
+other windows are tagged when first asked for (and remembered).
 
 HTTP/1.1 with keep-alive (and pipelining, answered in order); ``Content-Type:
 application/json; charset=utf-8``. ``--latency S`` delays every response by S seconds without
@@ -39,6 +48,7 @@ from __future__ import annotations
 import argparse
 import array
 import asyncio
+import base64
 import contextlib
 import hashlib
 import itertools
@@ -81,6 +91,23 @@ def _data_modules() -> tuple[ModuleType, ModuleType]:
     return fakedata, resources
 
 
+def _weak_etag_function() -> Callable[[bytes], str]:
+    """The bundled server's ``weak_etag(body)`` (json-server's ETag), or the same rule here
+    when the package under test has none."""
+    try:
+        from placeholder_api.server import weak_etag
+    except ImportError:
+        try:
+            from placeholder_etl.server import weak_etag  # type: ignore[no-redef]
+        except ImportError:
+
+            def weak_etag(body: bytes) -> str:
+                digest = base64.b64encode(hashlib.sha1(body).digest()).decode()[:27]
+                return f'W/"{len(body):x}-{digest}"'
+
+    return weak_etag
+
+
 def bundled_server(**kwargs: Any) -> contextlib.AbstractContextManager[str]:
     """The package's own ``bundled_server(users=..., latency=...)`` (a context manager
     yielding its URL), wherever the restructure puts it."""
@@ -93,6 +120,8 @@ def bundled_server(**kwargs: Any) -> contextlib.AbstractContextManager[str]:
 
 FORMAT_VERSION = 1  # bump when the cache layout changes
 CHUNK = 20_000  # records generated and encoded per build task
+ETAG_PAGE_SIZE = 1000  # the page size whose ETags are computed up front
+ETAG_MEMO = 4096  # tags of other windows remembered
 JSON_TYPE = b"application/json; charset=utf-8"
 SERVING_LINE = re.compile(r"serving \d+ users on (http://\S+)")
 
@@ -171,13 +200,16 @@ def _append(out: Any, offsets: array.array, results: Iterator[tuple[bytes, bytes
 
 @dataclass
 class Collection:
-    """One resource's pre-encoded records, memory-mapped."""
+    """One resource's pre-encoded records, memory-mapped, and the ETags of its pages."""
 
     name: str
     total: int
     body: memoryview
     offsets: memoryview  # int64, total + 1 entries
     keep: list[Any] = field(default_factory=list)  # the mmaps and files behind the views
+    pages: dict[tuple[int, int], str] = field(default_factory=dict)  # (lo, hi) -> ETag
+    memo: dict[tuple[int, int], str] = field(default_factory=dict)  # other windows' tags
+    weak_etag: Callable[[bytes], str] = field(default_factory=_weak_etag_function)
 
     @classmethod
     def open(cls, name: str, body_path: Path, index_path: Path) -> Collection:
@@ -206,6 +238,30 @@ class Collection:
         if not 1 <= record_id <= self.total:
             return None
         return self.body[self.offsets[record_id - 1] : self.offsets[record_id] - 1]
+
+    def etag(self, lo: int, hi: int) -> str:
+        """The ETag of the list of records ``lo <= index < hi`` (json-server's, over the body)."""
+        tag = self.pages.get((lo, hi)) or self.memo.get((lo, hi))
+        if tag is None:
+            tag = self.weak_etag(b"".join(self.window(lo, hi)))
+            if len(self.memo) >= ETAG_MEMO:
+                self.memo.clear()
+            self.memo[(lo, hi)] = tag
+        return tag
+
+    def tag_pages(self, page_size: int, path: Path) -> None:
+        """Know the ETags of every page of ``page_size`` records: read from ``path``, or
+        computed (a sha1 over each page) and written there."""
+        windows = [(lo, min(lo + page_size, self.total)) for lo in range(0, self.total, page_size)]
+        tags: list[str] = []
+        with contextlib.suppress(OSError):
+            tags = path.read_text().split()
+        if len(tags) != len(windows):
+            tags = [self.weak_etag(b"".join(self.window(lo, hi))) for lo, hi in windows]
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text("".join(f"{tag}\n" for tag in tags))
+            tmp.replace(path)
+        self.pages = dict(zip(windows, tags, strict=True))
 
     def close(self) -> None:
         """Release the views and unmap."""
@@ -271,7 +327,14 @@ def links(full_url: str, page: int, limit: int, total: int) -> str:
 
 # --------------------------------------------------------------------------- HTTP
 
-_REASONS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+_REASONS = {
+    200: b"OK",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+}
+_NO_CACHE = re.compile(r"(?:^|,)\s*no-cache\s*(?:,|$)")
 _MAX_HEAD = 64 * 1024
 Pieces = list[bytes | memoryview]
 
@@ -284,27 +347,47 @@ class App:
     users: int
     requests: int = 0
     by_resource: dict[str, int] = field(default_factory=dict)
+    not_modified: int = 0
+    bytes_sent: int = 0
 
-    def handle(self, method: str, target: str, host: str) -> tuple[int, list[str], Pieces]:
-        """``(status, extra header lines, body pieces)`` for one request."""
+    def handle(
+        self, method: str, target: str, host: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, list[str], Pieces]:
+        """``(status, extra header lines, body pieces)`` for one request (``headers``: the
+        request's, lower-case names; ``If-None-Match`` can make it a ``304``)."""
+        status, extra, pieces, tag = self._route(method, target, host)
+        if tag is None:
+            return status, extra, pieces
+        extra.append(f"ETag: {tag}")
+        if _fresh(headers or {}, tag):
+            self.not_modified += 1
+            return 304, extra, []
+        return status, extra, pieces
+
+    def _route(
+        self, method: str, target: str, host: str
+    ) -> tuple[int, list[str], Pieces, str | None]:
+        """``(status, extra header lines, body pieces, ETag of a 200 data answer or None)``."""
         split = urlsplit(target)
         path = split.path
         if path.startswith("/__control/"):
-            return self._control(method, path[len("/__control/") :].strip("/"))
+            return *self._control(method, path[len("/__control/") :].strip("/")), None
         parts = [unquote(p) for p in path.strip("/").split("/")] if path.strip("/") else []
         collection = self.collections.get(parts[0]) if parts else None
         if collection is not None and len(parts) <= 2:
             self.requests += 1
             self.by_resource[collection.name] = self.by_resource.get(collection.name, 0) + 1
         if method not in ("GET", "HEAD"):
-            return 405, ["Allow: GET"], [b'{"error":"read-only API: only GET is served"}']
+            return 405, ["Allow: GET"], [b'{"error":"read-only API: only GET is served"}'], None
         if collection is None or len(parts) > 2:
-            return 404, [], [b"{}"]
+            return 404, [], [b"{}"], None
         if len(parts) == 2:
             canonical = parts[1].isdigit() and str(int(parts[1])) == parts[1]
             record_id = int(parts[1]) if canonical else 0
             body = collection.record(record_id)
-            return (200, [], [body]) if body is not None else (404, [], [b"{}"])
+            if body is None:
+                return 404, [], [b"{}"], None
+            return 200, [], [body], collection.weak_etag(bytes(body))
         opts: dict[str, str] = {}
         for key, value in parse_qsl(split.query, keep_blank_values=True):
             opts.setdefault(key, value)
@@ -313,7 +396,7 @@ class App:
             unsupported.append("_sort/_order other than id/asc")
         if unsupported:
             error = {"error": f"fast_server serves slices only; unsupported: {unsupported}"}
-            return 400, [], [orjson.dumps(error)]
+            return 400, [], [orjson.dumps(error)], None
         lo, hi, page, limit = list_window(opts, collection.total)
         headers = []
         if opts.get("_end") or opts.get("_limit") or opts.get("_page"):
@@ -323,17 +406,37 @@ class App:
         if page is not None and limit is not None:
             link = links(f"http://{host}{target}", page, limit, collection.total)
             headers.append(f"Link: {link}")
-        return 200, headers, collection.window(lo, hi)
+        return 200, headers, collection.window(lo, hi), collection.etag(lo, hi)
 
     def _control(self, method: str, name: str) -> tuple[int, list[str], Pieces]:
         if name == "stats" and method == "GET":
-            stats = {"requests": self.requests, "by_resource": self.by_resource}
-            return 200, [], [orjson.dumps(stats)]
+            return 200, [], [orjson.dumps(self.stats())]
         if name == "reset" and method == "POST":
-            self.requests = 0
+            self.requests = self.not_modified = self.bytes_sent = 0
             self.by_resource = {}
-            return 200, [], [orjson.dumps({"requests": 0, "by_resource": {}})]
+            return 200, [], [orjson.dumps(self.stats())]
         return 404, [], [b"{}"]
+
+    def stats(self) -> dict[str, Any]:
+        """The counters: API requests (by resource), 304 answers, bytes sent."""
+        return {
+            "requests": self.requests,
+            "by_resource": self.by_resource,
+            "not_modified": self.not_modified,
+            "bytes_sent": self.bytes_sent,
+        }
+
+
+def _fresh(headers: dict[str, str], tag: str) -> bool:
+    """Express's ``req.fresh`` for an answer tagged ``tag``: ``If-None-Match`` names it (weak
+    comparison) or is ``*``, and the request does not say ``Cache-Control: no-cache``."""
+    asked = headers.get("if-none-match")
+    if not asked or _NO_CACHE.search(headers.get("cache-control", "")):
+        return False
+    if asked.strip() == "*":
+        return True
+    bare = tag.removeprefix("W/")
+    return any(t.strip().removeprefix("W/") == bare for t in asked.split(","))
 
 
 class Connection(asyncio.Protocol):
@@ -386,18 +489,30 @@ class Connection(asyncio.Protocol):
             return
         connection = headers.get("connection", "").lower()
         close = connection == "close" or (http_version == "HTTP/1.0" and connection != "keep-alive")
-        status, extra, pieces = self.app.handle(method, target, headers.get("host", "127.0.0.1"))
+        host = headers.get("host", "127.0.0.1")
+        status, extra, pieces = self.app.handle(method, target, host, headers)
         length = sum(len(p) for p in pieces)
+        body = (
+            []
+            if status == 304
+            else [  # Express: no body, no Content-Type nor -Length
+                "Content-Type: application/json; charset=utf-8",
+                f"Content-Length: {length}",
+            ]
+        )
         head = [
             f"HTTP/1.1 {status} {_REASONS.get(status, b'').decode()}",
-            "Content-Type: application/json; charset=utf-8",
-            f"Content-Length: {length}",
+            *body,
             *extra,
             "Connection: close" if close else "Connection: keep-alive",
             "",
             "",
         ]
-        self._queue("\r\n".join(head).encode("latin-1"), [] if method == "HEAD" else pieces, close)
+        encoded = "\r\n".join(head).encode("latin-1")
+        sent = [] if method == "HEAD" else pieces
+        if not target.startswith("/__control/"):  # the API's traffic, not the harness's
+            self.app.bytes_sent += len(encoded) + sum(len(p) for p in sent)
+        self._queue(encoded, sent, close)
 
     def _queue(self, head: bytes, pieces: Pieces, close: bool) -> None:
         if close:
@@ -445,6 +560,17 @@ async def _serve(
     watcher.cancel()
 
 
+def load(
+    resource: str, users: int, seed: int, cache_dir: Path, etag_page_size: int = ETAG_PAGE_SIZE
+) -> Collection:
+    """``resource``'s records for ``users`` users, built or read from the cache, with the
+    ETags of its pages of ``etag_page_size`` records (cached beside them)."""
+    body, index = build(resource, resource_count(resource, users), seed, cache_dir)
+    collection = Collection.open(resource, body, index)
+    collection.tag_pages(etag_page_size, body.with_suffix(f".etags{etag_page_size}"))
+    return collection
+
+
 def serve(
     users: int,
     seed: int = 0,
@@ -454,14 +580,14 @@ def serve(
     resources: tuple[str, ...] = ("users",),
     cache_dir: Path | None = None,
     parent_pid: int | None = None,
+    etag_page_size: int = ETAG_PAGE_SIZE,
 ) -> None:
-    """Build (or load) the records, then serve until SIGTERM/SIGINT."""
+    """Build (or load) the records and their pages' ETags, then serve until SIGTERM/SIGINT."""
     cache_dir = cache_dir or default_cache_dir()
     started = time.perf_counter()
     collections = {}
     for name in resources:
-        body, index = build(name, resource_count(name, users), seed, cache_dir)
-        collections[name] = Collection.open(name, body, index)
+        collections[name] = load(name, users, seed, cache_dir, etag_page_size)
     size = sum(len(c.body) for c in collections.values()) / 2**20
     print(
         f"fast_server: {', '.join(resources)} ready in {time.perf_counter() - started:.1f} s "
@@ -560,6 +686,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resources", default="users", help="comma list (default users)")
     parser.add_argument("--cache-dir", type=Path, help=f"default {default_cache_dir()}")
     parser.add_argument("--parent-pid", type=int, help="stop when this is no longer the parent")
+    parser.add_argument(
+        "--etag-page-size",
+        type=int,
+        default=ETAG_PAGE_SIZE,
+        help=f"page size whose ETags are computed at start (default {ETAG_PAGE_SIZE})",
+    )
     parser.add_argument("--build-only", action="store_true", help="fill the cache and exit")
     args = parser.parse_args(argv)
     resources = tuple(r.strip() for r in args.resources.split(",") if r.strip())
@@ -567,8 +699,10 @@ def main(argv: list[str] | None = None) -> None:
         cache_dir = args.cache_dir or default_cache_dir()
         for name in resources:
             started = time.perf_counter()
-            body, _ = build(name, resource_count(name, args.users), args.seed, cache_dir)
-            print(f"{body} ({time.perf_counter() - started:.1f} s)")
+            load(name, args.users, args.seed, cache_dir, args.etag_page_size).close()
+            print(
+                f"{name}: {args.users} users in {cache_dir} ({time.perf_counter() - started:.1f} s)"
+            )
         return
     serve(
         args.users,
@@ -579,6 +713,7 @@ def main(argv: list[str] | None = None) -> None:
         resources,
         args.cache_dir,
         args.parent_pid,
+        args.etag_page_size,
     )
 
 
