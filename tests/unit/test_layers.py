@@ -63,7 +63,9 @@ def _sources_outside(module_file: Path) -> str:
         path
         for folder in ("src", "tests", "flows", "notebooks", "benchmarks")
         for path in (ROOT / folder).rglob("*")
-        if path.suffix in (".py", ".ipynb") and path != module_file
+        if path.suffix in (".py", ".ipynb")
+        and path != module_file
+        and not any(part.startswith(".venv") for part in path.parts)  # as in a fresh clone
     ]
     return "\n".join(path.read_text() for path in files)
 

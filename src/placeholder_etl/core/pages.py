@@ -54,8 +54,6 @@ __all__ = [
     "Damage",
     "PageBook",
     "PageMarker",
-    "Progress",
-    "Scan",
     "checksum",
     "count_done",
     "expire",
