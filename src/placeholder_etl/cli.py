@@ -72,8 +72,13 @@ def prepare() -> None:
 @with_settings_options
 def run(
     bundled_users: Annotated[
-        int, typer.Option(min=1, help="Users the bundled server generates (--api-url bundled).")
-    ] = 10,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Users the bundled server generates (--api-url bundled; default 10).",
+            show_default=False,
+        ),
+    ] = None,
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Only errors and where the output is.", metavar="")
     ] = False,
@@ -105,6 +110,9 @@ def run(
     if notify_webhook:
         os.environ[WEBHOOK_ENV] = notify_webhook  # read by the flow's failure hook
     bundled = options.get("api_url") == "bundled"
+    if bundled_users is not None and not bundled:
+        print("error: --bundled-users: only with --api-url bundled", file=sys.stderr)
+        raise typer.Exit(2)
     if bundled:
         options = {**options, "api_url": DEFAULT_API_URL}  # replaced by the server's URL
     try:
@@ -113,7 +121,7 @@ def run(
         print(f"error: {exc}", file=sys.stderr)
         raise typer.Exit(2) from None
     verbosity = "quiet" if quiet else "verbose" if verbose else "normal"
-    users = bundled_users if bundled else None
+    users = (bundled_users or 10) if bundled else None
     code = run_etl(settings, bundled_users=users, verbosity=verbosity)
     # Everything is written, closed and sent (run_etl drains Prefect's logs and events, and
     # stops its servers and cluster): skip the interpreter's teardown of the modules Prefect

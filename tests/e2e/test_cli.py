@@ -175,8 +175,16 @@ def test_nothing_is_written_outside_the_output_and_cache_dirs(tmp_path) -> None:
         ),
         (["--page-size", "0"], "error: --page-size: Input should be greater than or equal to 1"),
         (["--no-such-option"], "error: no such option: --no-such-option"),
+        (["--bundled-users", "5"], "error: --bundled-users: only with --api-url bundled"),
     ],
-    ids=["resource", "adapt-bounds", "not-a-number", "out-of-bounds", "unknown-option"],
+    ids=[
+        "resource",
+        "adapt-bounds",
+        "not-a-number",
+        "out-of-bounds",
+        "unknown-option",
+        "bundled-users-alone",
+    ],
 )
 def test_bad_settings_are_a_usage_error(tmp_path, args, message) -> None:
     """One style for every bad option: a line ``error: --option: why``, exit status 2."""
