@@ -192,7 +192,7 @@ def headline(manifest: Manifest, flow_run_url: str | None = None) -> str:
 def _flow_run(flow_run_id: str | None, url: str | None) -> str:
     if not flow_run_id:
         return "`none`"
-    return f"[`{flow_run_id}`](<{url}>)" if url else f"`{flow_run_id}`"
+    return f"`{flow_run_id}` ([open in the Prefect UI](<{url}>))" if url else f"`{flow_run_id}`"
 
 
 def _stream(path: Path, columns: list[str], chunk_rows: int):

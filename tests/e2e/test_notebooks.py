@@ -173,7 +173,10 @@ def test_run_report_writes_html_for_readers(tmp_path) -> None:
     # the flow run's id links to its page in the UI of the (lasting) server the run used
     ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
     run_id = manifest.flow_run_id
-    assert f'<a href="{ui}/runs/flow-run/{run_id}"><code>{run_id}</code></a>' in html
+    assert (
+        f'<code>{run_id}</code> (<a href="{ui}/runs/flow-run/{run_id}">open in the Prefect UI</a>)'
+        in html
+    )
     assert html.count('src="data:image/png;base64') == 5
     # for a browser's tab and a screen reader: a title, each chart described by its own title
     assert f"<title>Run report {manifest.created} · placeholder-etl</title>" in html

@@ -95,7 +95,7 @@ def test_the_flow_run_links_to_its_page_when_there_is_one(tmp_path) -> None:
     manifest = _write(tmp_path, {"users_flat": _tables()["users_flat"]})
     url = "http://127.0.0.1:4200/runs/flow-run/0f0e0d0c-0000-4000-8000-000000000000"
     assert (
-        f"| **Prefect flow run** | [`{manifest.flow_run_id}`](<{url}>) |"
+        f"| **Prefect flow run** | `{manifest.flow_run_id}` ([open in the Prefect UI](<{url}>)) |"
         in headline(manifest, url).splitlines()
     )
     none = manifest.model_copy(update={"flow_run_id": None})
