@@ -769,17 +769,23 @@ def run_cell(
                 shutil.rmtree(out, ignore_errors=True)
                 run.rep = rep + 1
                 run.first = position == 0
-                if run.sha256 is not None:
-                    reference = reference or run.sha256
-                    if run.sha256 != reference:
-                        run.problems.append(
-                            f"users CSV differs from the first run's (sha256 {run.sha256[:12]} "
-                            f"vs {reference[:12]})"
-                        )
-                        run.ok = False
+                reference = check_same_csv(run, reference)
                 results.append(run)
                 _print_run(run)
     return results, note
+
+
+def check_same_csv(run: Run, reference: str | None) -> str | None:
+    """Mark ``run`` failed when its users CSV's sha256 is not ``reference`` (the first run's);
+    return the reference for the next run (this run's when there was none yet)."""
+    if run.sha256 is None:
+        return reference
+    if reference is not None and run.sha256 != reference:
+        run.problems.append(
+            f"users CSV differs from the first run's (sha256 {run.sha256[:12]} vs {reference[:12]})"
+        )
+        run.ok = False
+    return reference or run.sha256
 
 
 def _print_run(run: Run) -> None:

@@ -26,7 +26,7 @@ import shutil
 import socket
 import statistics
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,18 +51,9 @@ def _checks(runs: list[Run]) -> str:
     return "FAILED: " + "; ".join(dict.fromkeys(p for r in bad for p in r.problems))
 
 
-def _same_csv(runs: list[Run], reference: str | None = None) -> None:
-    """Every run's users CSV byte-identical to ``reference`` (default: the first one's)."""
-    for run in runs:
-        if run.sha256 is None:
-            continue
-        reference = reference or run.sha256
-        if run.sha256 != reference:
-            run.problems.append(
-                f"users CSV differs from the reference (sha256 {run.sha256[:12]} vs "
-                f"{reference[:12]})"
-            )
-            run.ok = False
+def _same_csv(run: Run, earlier: Iterable[Run]) -> None:
+    """``run``'s users CSV byte-identical to the first of ``earlier`` that has one."""
+    bench.check_same_csv(run, next((r.sha256 for r in earlier if r.sha256), None))
 
 
 def _fresh_dir(ctx: Context, prefix: str) -> Path:
@@ -265,7 +256,8 @@ def first_command(
                     flows.append(run)
                     shutil.rmtree(out, ignore_errors=True)
                 shutil.rmtree(home, ignore_errors=True)
-                _same_csv([plain, *flows])
+                for run in flows:
+                    _same_csv(run, [plain, *flows])
                 for run in (plain, *flows):
                     run.rep = rep
                     ready = run.extra.get("server_ready_s")
@@ -411,7 +403,7 @@ def scaling(ctx: Context, users: int, workers: list[int], runs: int) -> Scaling:
                 run.extra["workers"] = count
                 run.extra["workers_used"] = len(bench.flow_manifest(out / "o").get("workers", []))
                 shutil.rmtree(out, ignore_errors=True)
-                _same_csv([*result.runs, run])
+                _same_csv(run, result.runs)
                 result.runs.append(run)
                 _print(run, f"  workers used {run.extra['workers_used']}")
     return result
@@ -556,7 +548,7 @@ def _check_expired(run: Run) -> None:
 def _report(run: Run, rep: int, pair: list[Run]) -> None:
     """Number, compare (the flow's users CSV with the cold run's), print and keep ``run``."""
     run.rep = rep
-    _same_csv([*(r for r in pair if r.kind == run.kind), run])
+    _same_csv(run, (r for r in pair if r.kind == run.kind))
     told = [f"{_mib(run.api_bytes)} MiB from the API"]
     told += [f"{k} {run.extra[k]}" for k in MANIFEST_PAGES if k in run.extra]
     _print(run, "  " + ", ".join(told))

@@ -137,9 +137,10 @@ def extract(
         plural(len(chunks), "task"),
     )
     task = extract_chunk_task.with_options(**task_options(run.fetch))
-    how = unmapped(run.fetch_policy())
+    policy = run.fetch_policy()
+    how = unmapped(policy)
     futures = runner.map(task, {"job": run.jobs(chunks, pages), "how": how})
-    track(futures, pages, chunks, planned, run.keep_formulas, run.fetch_policy().max_age)
+    track(futures, pages, chunks, planned, run.keep_formulas, policy.max_age)
     wait(futures)  # on a failure, no task is left writing pages after this run ends
     results = [receive_parts(r, pages) for r in futures.result()]
     this_run = str(flow_run.get_id())  # this run's chunks checked their pages already
