@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -52,20 +53,31 @@ def test_users_csv_equals_the_seed_transform(api, tmp_path, cache_dir, runner) -
     assert flat["id"].tolist() == list(range(1, 26))
     assert flat["address_geo_lat"].dtype == "float64"
     # the runner started inside the run: its task runs belong to the flow run, completed
-    tasks = _task_runs(manifest.flow_run_id)
+    tasks = _settled_task_runs(manifest.flow_run_id)
     extracts = sorted(t.name for t in tasks if t.name.startswith("extract "))
     assert extracts == ["extract users p1-1", "extract users p2-2", "extract users p3-3"]
     assert {t.state_name for t in tasks} == {"Completed"}
 
 
-def _task_runs(flow_run_id: str | None) -> list:
-    """The task runs the Prefect API records for a flow run."""
+def _settled_task_runs(flow_run_id: str | None, wait_s: float = 30.0) -> list:
+    """The task runs the Prefect API records for a flow run, once none is still open.
+
+    Prefect 3 reports task-run states as events, which the server records a moment later:
+    read right after the flow returns, the last tasks can still show ``Running``. Wait
+    (up to ``wait_s``) for every state to be final; an open state past that is returned
+    as read, for the assertion to name.
+    """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
+    only = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    deadline = time.monotonic() + wait_s
     with get_client(sync_client=True) as client:
-        only = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        return client.read_task_runs(flow_run_filter=only)
+        while True:
+            tasks = client.read_task_runs(flow_run_filter=only)
+            if all(t.state and t.state.is_final() for t in tasks) or time.monotonic() > deadline:
+                return tasks
+            time.sleep(0.2)
 
 
 def test_all_resources_and_the_activity_summary(tmp_path, cache_dir) -> None:
