@@ -12,7 +12,9 @@ in the flow run's log, on the artifact and to the listeners.
 
 from __future__ import annotations
 
+import contextvars
 import logging
+import queue
 import sys
 import threading
 import time
@@ -121,12 +123,11 @@ def phase(text: str) -> None:
     artifact's description, and to the listeners.
 
     In a task on a Dask worker (the tables of an object-store output), the log line is the
-    task run's, and the listeners are told through a Dask event that the flow's process
-    relays (:func:`relaying`); the artifact keeps the flow's last phase. Outside any run,
-    the line goes to this module's logger.
+    task run's; the artifact and the listeners are told through a Dask event that the
+    flow's process relays (:func:`relaying`). Outside any run, the line goes to this
+    module's logger.
     """
     from prefect import get_run_logger
-    from prefect.artifacts import update_progress_artifact
     from prefect.exceptions import MissingContextError
     from prefect.runtime import flow_run
 
@@ -140,6 +141,14 @@ def phase(text: str) -> None:
     if worker is not None:
         worker.log_event(PHASE_TOPIC, {"flow_run": run_id, "text": text})
         return
+    _show(run_id, text)
+
+
+def _show(run_id: str, text: str) -> None:
+    """Put a phase on the flow run's progress artifact (if this process made one) and tell
+    the listeners."""
+    from prefect.artifacts import update_progress_artifact
+
     artifact = _artifacts.get(run_id)
     if artifact is not None:
         update_progress_artifact(artifact, 100.0, description=f"Pages all in; {text}")
@@ -165,22 +174,40 @@ def _dask_worker() -> Any:
 
 @contextmanager
 def relaying(client: Any) -> Iterator[None]:
-    """Tell the listeners the phases that this flow run's tasks say on ``client``'s workers,
-    inside the block."""
+    """Show the phases that this flow run's tasks say on ``client``'s workers, inside the
+    block: on the progress artifact and to the listeners, in the order said.
+
+    Dask calls the handler on its client's event loop, where no Prefect API call may block:
+    one thread of this block's own (with the flow's context) shows them.
+    """
     from prefect.runtime import flow_run
 
     run_id = str(flow_run.get_id() or "")
+    said: queue.SimpleQueue[str | None] = queue.SimpleQueue()
 
     def relay(event: tuple[float, dict[str, str]]) -> None:
         _, news = event
         if news.get("flow_run") == run_id:  # a shared scheduler: other runs' phases too
-            _tell(Phase(news["text"]))
+            said.put(news["text"])
 
+    def show() -> None:
+        while (text := said.get()) is not None:
+            try:
+                _show(run_id, text)
+            except Exception:  # progress is for people: never the run's failure
+                logging.getLogger(__name__).debug("phase not shown: %s", text, exc_info=True)
+
+    shower = threading.Thread(
+        target=contextvars.copy_context().run, args=(show,), daemon=True, name="phases"
+    )
+    shower.start()
     client.subscribe_topic(PHASE_TOPIC, relay)
     try:
         yield
     finally:
         client.unsubscribe_topic(PHASE_TOPIC)
+        said.put(None)
+        shower.join(timeout=10)
 
 
 #: Seconds between two looks at the futures while waiting for them.

@@ -3,6 +3,7 @@ started on 127.0.0.1 for this module, talked to the standard way (AWS_* variable
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -46,6 +47,21 @@ def test_a_whole_run_to_s3_writes_every_table_and_the_manifest(s3, bucket, tmp_p
     assert Manifest.read(result.manifest_file) == manifest
     assert not [k for k in keys if "/staging/" in k or "/runs/" in k]  # staging and claim gone
     assert [k for k in keys if "/_placeholder_etl/cache/pages/" in k]  # pages on the store
+    # the tables were assembled in tasks on the Dask workers: their phases reach the UI
+    progress = progress_artifact(manifest.flow_run_id)
+    assert re.fullmatch(r"Pages all in; assembling tables \([1-8]/8\): \w+", progress), progress
+
+
+def progress_artifact(flow_run_id: str | None) -> str:
+    """The description of a flow run's progress artifact, as the UI shows it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    only = ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(artifact_filter=only)
+    (found,) = [a for a in artifacts if a.key == "placeholder-etl-progress"]
+    return found.description or ""
 
 
 def test_a_failed_run_leaves_every_key_and_etag_as_it_was(s3, bucket) -> None:

@@ -56,11 +56,17 @@ def test_outside_a_run_a_phase_is_logged_and_told(heard) -> None:
 def test_on_a_dask_worker_a_phase_is_an_event_the_flows_process_relays(heard, monkeypatch) -> None:
     """The worker's listeners are not the terminal's: the flow's client relays the event,
     its own run's only (a shared scheduler carries other runs' events too)."""
+    from prefect import artifacts
     from prefect.runtime import flow_run
 
     worker, client = FakeWorker(), FakeClient()
     monkeypatch.setattr(progress, "_dask_worker", lambda: worker)
     monkeypatch.setattr(flow_run, "get_id", lambda: "run-1")
+    monkeypatch.setitem(progress._artifacts, "run-1", "artifact-1")
+    shown: list = []
+    monkeypatch.setattr(
+        artifacts, "update_progress_artifact", lambda *args, **kw: shown.append((args, kw))
+    )
     phase("assembling tables (1/2): users")
     assert heard == []  # not in this process
     assert worker.events == [
@@ -73,3 +79,5 @@ def test_on_a_dask_worker_a_phase_is_an_event_the_flows_process_relays(heard, mo
             relay((0.0, event))
     assert client.handlers == {}  # unsubscribed at the end
     assert heard == [Phase("assembling tables (1/2): users")]
+    description = "Pages all in; assembling tables (1/2): users"  # the flow run's artifact too
+    assert shown == [(("artifact-1", 100.0), {"description": description})]
